@@ -1,0 +1,119 @@
+"""Packet captures with tcpdump, started only once tcpdump says it is listening."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from typing import Any
+
+from .errors import BadRequest
+
+LISTEN_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+
+class Capture:
+    """One tcpdump writing a pcap file; its stderr is collected by a thread."""
+
+    def __init__(self, iface: str, filter: str, snaplen: int | None) -> None:
+        tcpdump = shutil.which("tcpdump")
+        if tcpdump is None:
+            raise OSError(errno.ENOENT, "tcpdump is not installed in this host: capture_start needs it on PATH")
+        fd, self.path = tempfile.mkstemp(prefix="netfault-", suffix=".pcap")
+        os.close(fd)
+        self.argv = [tcpdump, "-i", iface, "-U", "-w", self.path, "--immediate-mode",
+                     *(["-s", str(snaplen)] if snaplen is not None else []), *([filter] if filter else [])]
+        self._stderr: list[str] = []
+        self._listening = threading.Event()
+        try:
+            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE)
+        except OSError:
+            os.unlink(self.path)
+            raise
+        self._reader = threading.Thread(target=self._read_stderr, name="tcpdump-stderr", daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        for raw in self.popen.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self._stderr.append(line)
+            if "listening on" in line:
+                self._listening.set()
+        self._listening.set()  # EOF: tcpdump ended; wait_listening() tells which case it was
+
+    def stderr(self) -> str:
+        return "\n".join(self._stderr)
+
+    def wait_listening(self, timeout: float) -> None:
+        """Return once tcpdump listens; otherwise stop it and raise with its stderr."""
+        self._listening.wait(timeout)
+        if any("listening on" in line for line in self._stderr):
+            return
+        if self.popen.poll() is None:
+            self.kill()
+            raise OSError(errno.ETIMEDOUT, f"tcpdump did not say 'listening on' within {timeout:.0f} s "
+                                           f"({' '.join(self.argv)}); stderr: {self.stderr()!r}")
+        self.kill()
+        raise BadRequest(f"tcpdump exited with status {self.popen.returncode} before listening "
+                         f"({' '.join(self.argv)}): {self.stderr()!r}")
+
+    def stop(self) -> dict[str, Any]:
+        """SIGINT (tcpdump flushes and prints its counts), wait, return the pcap."""
+        self.popen.send_signal(signal.SIGINT)
+        try:
+            self.popen.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._reader.join()
+        with open(self.path, "rb") as file:
+            pcap = file.read()
+        os.unlink(self.path)
+        return {"pcap": base64.b64encode(pcap).decode(), "bytes": len(pcap), "returncode": self.popen.returncode,
+                "stderr": self.stderr()}
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+        self._reader.join()
+        os.unlink(self.path)
+
+
+class Captures:
+    """Running captures by id ("c1")."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, Capture] = {}
+        self._numbers = itertools.count(1)
+
+    def start(self, iface: str = "eth0", filter: str = "", snaplen: int | None = None) -> dict[str, Any]:
+        capture = Capture(iface, filter, snaplen)
+        capture.wait_listening(LISTEN_TIMEOUT)
+        with self._lock:
+            capture_id = f"c{next(self._numbers)}"
+            self._running[capture_id] = capture
+        return {"id": capture_id, "pid": capture.popen.pid, "argv": capture.argv, "stderr": capture.stderr()}
+
+    def stop(self, id: str) -> dict[str, Any]:
+        with self._lock:
+            capture = self._running.pop(id, None)
+            known = ", ".join(self._running) or "none"
+        if capture is None:
+            raise BadRequest(f"unknown capture {id!r} (argument 'id'); running: {known}")
+        return capture.stop()
+
+    def stop_all(self) -> list[str]:
+        with self._lock:
+            running, self._running = self._running, {}
+        for capture in running.values():
+            capture.kill()
+        return sorted(running)

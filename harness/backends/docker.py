@@ -1,0 +1,241 @@
+"""The Docker backend: one internal bridge network per session, one container per host, agents via exec."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+import docker.errors
+import docker.types
+
+from ..channel import AgentChannel
+from ..errors import ConfigError, EngineUnavailable, SysctlError
+from ..runinfo import RunInfo
+from ..topology import HostSpec, Topology
+from .base import Backend, Host, HostDriver, Testbed
+from .docker_exec import DockerExecTransport
+
+AGENT_CMD = ["python3", "-m", "netfault_agent"]
+# Sessions take /24s from this range; the compose file's own network is 10.213.0.0/24.
+SUBNET_RANGE = ipaddress.IPv4Network("10.213.0.0/16")
+_SUBNET_TRIES = 20
+# Docker's default read-only /proc paths without /proc/sys (the API takes the list; the CLI has no flag for it).
+_READONLY_PATHS_BUT_SYSCTLS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger"]
+
+
+def _docker_sysctl_error(exc: docker.errors.APIError, spec: HostSpec, source: str) -> Exception:
+    text = str(exc)
+    if "sysctl" in text or "/proc/sys/" in text:
+        return SysctlError(f"host {spec.name}: the engine refused its sysctls {spec.sysctls} from {source}: {text}")
+    return exc
+
+
+class _SysctlSidecar:
+    """A container sharing one host's network namespace whose only job is writing that namespace's sysctls.
+
+    Docker mounts /proc/sys read-only in containers, and the host containers keep it that way (their
+    workloads must not touch kernel-wide sysctls). This sidecar runs only the agent, with no capabilities at
+    all, and /proc/sys left writable (Docker's other read-only /proc paths stay read-only, masked paths stay
+    masked); the harness only sends it net.* keys, which are per network namespace. It is created on the first run-time sysctl change of a host.
+    """
+
+    def __init__(self, client: docker.DockerClient, image: str, target: str, name: str, labels: dict[str, str]):
+        api = client.api
+        container = api.create_container(
+            image,
+            command=["sleep", "infinity"],
+            name=name,
+            labels=labels,
+            host_config=api.create_host_config(
+                network_mode=f"container:{target}",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                init=True,
+            ) | {"ReadonlyPaths": _READONLY_PATHS_BUT_SYSCTLS},
+        )
+        self.id = container["Id"]
+        api.start(self.id)
+        self.channel = AgentChannel(DockerExecTransport(api, self.id, AGENT_CMD), name=f"{name} (sysctl sidecar)")
+
+    def set(self, values: Mapping[str, str]) -> dict[str, str]:
+        return self.channel.call("sysctl_set", values=dict(values))
+
+
+class DockerHostDriver(HostDriver):
+    """A host as a container."""
+
+    def __init__(self, backend: DockerBackend, container_id: str, name: str) -> None:
+        self.backend = backend
+        self.container_id = container_id
+        self.name = name
+        self._sidecar: _SysctlSidecar | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"container {self.name} ({self.container_id[:12]})"
+
+    def set_sysctls(self, values: Mapping[str, str]) -> dict[str, str]:
+        with self._lock:
+            if self._sidecar is None:
+                self._sidecar = self.backend.start_sidecar(self.container_id, self.name)
+        return self._sidecar.set(values)
+
+    def close(self) -> None:
+        if self._sidecar is not None:
+            self._sidecar.channel.close()
+
+
+class DockerBackend(Backend):
+    """Creates hosts as containers from the peer image on a private `internal` bridge network."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        topology: Topology,
+        image: str,
+        run: RunInfo,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.client = client
+        self.topology = topology
+        self.image = image
+        self.run = run
+        self.progress = progress
+        self._containers: list[str] = []
+        self._networks: list[str] = []
+        self._drivers: list[DockerHostDriver] = []
+        self._channels: list[AgentChannel] = []
+        self._lock = threading.Lock()
+        self.host_ready_seconds: dict[str, float] = {}
+
+    def _prefix(self, worker: str) -> str:
+        return f"netfault-{self.run.run_id}-{worker}"
+
+    def _used_subnets(self) -> list[ipaddress.IPv4Network]:
+        used = []
+        for net in self.client.networks.list():
+            for pool in (net.attrs.get("IPAM") or {}).get("Config") or []:
+                if pool.get("Subnet") and ":" not in pool["Subnet"]:
+                    used.append(ipaddress.IPv4Network(pool["Subnet"], strict=False))
+        return used
+
+    def _create_network(self, name: str) -> tuple[str, ipaddress.IPv4Network]:
+        candidates = [net for net in SUBNET_RANGE.subnets(new_prefix=self.topology.prefixlen)][1:]
+        random.shuffle(candidates)
+        tried: list[str] = []
+        for subnet in candidates[:_SUBNET_TRIES]:
+            if any(subnet.overlaps(used) for used in self._used_subnets()):
+                continue
+            gateway = str(subnet.network_address + self.topology.gateway_number)
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=gateway)])
+            try:
+                network = self.client.networks.create(
+                    name, driver="bridge", internal=self.topology.internal, ipam=ipam,
+                    labels=self.run.labels("network"), check_duplicate=True,
+                )
+            except docker.errors.APIError as exc:
+                if "overlap" in str(exc).lower():
+                    tried.append(str(subnet))
+                    continue
+                raise
+            with self._lock:
+                self._networks.append(network.id)
+            return network.id, subnet
+        raise EngineUnavailable(
+            f"no free /{self.topology.prefixlen} subnet in {SUBNET_RANGE} for network {name} "
+            f"(overlapping: {', '.join(tried) or 'all candidates in use'}); run `netfault reap` to remove leftovers"
+        )
+
+    def _create_host(self, spec: HostSpec, network_id: str, subnet: ipaddress.IPv4Network, prefix: str) -> Host:
+        started = time.monotonic()
+        api = self.client.api
+        addr = spec.addr_in(subnet)
+        name = f"{prefix}-{spec.name}"
+        try:
+            container = api.create_container(
+                self.image,
+                command=list(spec.command),
+                name=name,
+                hostname=spec.name,
+                labels=self.run.labels("host"),
+                host_config=api.create_host_config(
+                    cap_add=list(spec.cap_add),
+                    cap_drop=list(spec.cap_drop),
+                    sysctls=dict(spec.sysctls),
+                    init=spec.init,
+                    network_mode=network_id,
+                ),
+                networking_config=api.create_networking_config(
+                    {network_id: api.create_endpoint_config(ipv4_address=addr)}
+                ),
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise ConfigError(f"image {self.image} is not on the engine: run `netfault build` ({exc})") from exc
+        with self._lock:
+            self._containers.append(container["Id"])
+        try:
+            api.start(container["Id"])
+        except docker.errors.APIError as exc:
+            raise _docker_sysctl_error(exc, spec, self.topology.source) from exc
+        channel = AgentChannel(DockerExecTransport(api, container["Id"], AGENT_CMD), name=spec.name)
+        with self._lock:
+            self._channels.append(channel)
+        driver = DockerHostDriver(self, container["Id"], name)
+        with self._lock:
+            self._drivers.append(driver)
+        host = Host(spec, addr, channel, driver)
+        host.info()
+        self.host_ready_seconds[spec.name] = time.monotonic() - started
+        return host
+
+    def start_sidecar(self, target_id: str, host_name: str) -> _SysctlSidecar:
+        sidecar = _SysctlSidecar(self.client, self.image, target_id, f"{host_name}-sysctl",
+                                 self.run.labels("sysctl-sidecar"))
+        with self._lock:
+            self._containers.append(sidecar.id)
+            self._channels.append(sidecar.channel)
+        return sidecar
+
+    def create(self, worker: str) -> Testbed:
+        prefix = self._prefix(worker)
+        network_id, subnet = self._create_network(prefix)
+        self.progress(f"network {prefix} {subnet} (internal)")
+        with ThreadPoolExecutor(max_workers=len(self.topology.hosts)) as pool:
+            futures = {spec.name: pool.submit(self._create_host, spec, network_id, subnet, prefix)
+                       for spec in self.topology.hosts}
+            hosts = {name: future.result() for name, future in futures.items()}
+        unused = str(subnet.network_address + self.topology.unused_host_number())
+        return Testbed(self, hosts, subnet, unused)
+
+    def destroy(self) -> None:
+        """Close agents, remove containers (sidecars first), then networks. Idempotent."""
+        with self._lock:
+            channels, self._channels = self._channels, []
+            containers, self._containers = self._containers, []
+            networks, self._networks = self._networks, []
+        for channel in channels:
+            channel.close()
+        errors = []
+        for container_id in reversed(containers):
+            try:
+                self.client.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                errors.append(f"container {container_id[:12]}: {exc}")
+        for network_id in networks:
+            try:
+                self.client.api.remove_network(network_id)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                errors.append(f"network {network_id[:12]}: {exc}")
+        if errors:
+            raise EngineUnavailable("could not remove everything; `netfault reap` retries: " + "; ".join(errors))

@@ -1,0 +1,28 @@
+"""Packet capture inside a host: tcpdump runs in the host's own namespace, the pcap comes back over the agent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from .wire import Wire, parse_pcap
+
+if TYPE_CHECKING:
+    from .backends.base import Host
+
+
+@contextmanager
+def capture(host: Host, bpf: str = "", iface: str = "eth0") -> Iterator[Wire]:
+    """Capture on `host` for the duration of the block; the Wire it yields is filled when the block ends.
+
+    tcpdump is listening when the block starts (the agent waits for it) and is stopped even if the block
+    raises, so a failing test keeps its evidence.
+    """
+    wire = Wire(host.name)
+    capture_id = host.capture_start(iface=iface, filter=bpf)
+    try:
+        yield wire
+    finally:
+        wire.pcap = host.capture_stop(capture_id)
+        wire.packets = parse_pcap(wire.pcap, host.realtime_minus_monotonic)

@@ -1,0 +1,107 @@
+"""The ``netfault`` command.
+
+A subcommand is a function ``(args) -> exit status`` registered with ``@command(name, help, *arguments)``,
+where each argument is ``arg(*flags, **add_argument_kwargs)``.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .docker_client import connect_docker
+from .errors import NetfaultError
+from .images import BASE_MODES, ensure_peer_image
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One ``add_argument`` call."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def arg(*flags: str, **kwargs: Any) -> Arg:
+    """An argument of a subcommand, as ``parser.add_argument(*flags, **kwargs)`` takes it."""
+    return Arg(flags, kwargs)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A registered subcommand."""
+
+    name: str
+    help: str
+    args: tuple[Arg, ...]
+    handler: Handler
+
+
+COMMANDS: list[Command] = []
+
+
+def command(name: str, help: str, *args: Arg) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the subcommand ``name``; its docstring is the description."""
+    def register(handler: Handler) -> Handler:
+        COMMANDS.append(Command(name, help, args, handler))
+        return handler
+    return register
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@command("build", "build the peer image (a no-op when it is up to date)",
+         arg("--base", choices=BASE_MODES, default="auto",
+             help="where the Debian base comes from: auto (default) uses debian:bookworm-slim if the engine "
+                  "has it or a registry answers, else debootstrap; registry or debootstrap force one"),
+         arg("--force", action="store_true",
+             help="rebuild even if up to date (the debootstrap base too, when it is the one used)"))
+def build(args: argparse.Namespace) -> int:
+    """Build netfault/peer:<content hash> and tag it netfault/peer:latest.
+
+    The tag hashes the Dockerfile, images/peer/packages.txt, the agent's files and the base image, so an
+    up-to-date image is found in a second. Without a registry the Debian base is made with debootstrap
+    from the mirror the host's apt uses ($NETFAULT_DEBIAN_MIRROR overrides it). Progress goes to stderr,
+    the tag to stdout; step logs to $XDG_CACHE_HOME/netfault/build/ (default ~/.cache/netfault/build/)."""
+    tag = ensure_peer_image(connect_docker(), base=args.base, force=args.force, progress=_progress)
+    print(tag)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="netfault",
+        description="netfault: network fault injection between Docker containers, for pytest.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=inspect.getdoc(cmd.handler),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        for a in cmd.args:
+            p.add_argument(*a.flags, **a.kwargs)
+        p.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``netfault`` console script."""
+    args = make_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except NetfaultError as exc:  # expected: the message says what to do, a traceback would not help
+        print(f"netfault {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"netfault {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

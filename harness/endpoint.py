@@ -1,0 +1,236 @@
+"""The typed API tests use on a host's agent (or on one of its workers).
+
+Every method sends one request; with `background=True` it returns at once with a Future of the same
+result (for calls that block, e.g. a recv while the test kills the peer). Keyword names are the agent's
+argument names (docs/design.md). Socket syscalls that fail return a record with the errno; they do not
+raise. Errors of the request itself raise harness.channel.AgentError subclasses.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from .channel import AgentChannel
+from .records import CompletedRun, SendLoop, SyscallRecord
+
+T = TypeVar("T")
+
+
+def _then(future: Future[dict[str, Any]], convert: Callable[[dict[str, Any]], T]) -> Future[T]:
+    """A future of `convert(result)`; the agent's exception passes through unchanged."""
+    converted: Future[T] = Future()
+
+    def done(source: Future[dict[str, Any]]) -> None:
+        try:
+            converted.set_result(convert(source.result()))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            converted.set_exception(exc)
+
+    future.add_done_callback(done)
+    return converted
+
+
+def _record(result: dict[str, Any]) -> SyscallRecord:
+    return SyscallRecord.from_dict(result)
+
+
+def _records(result: dict[str, Any]) -> list[SyscallRecord]:
+    return [SyscallRecord.from_dict(r) for r in result["records"]]
+
+
+def _send_result(result: dict[str, Any]) -> SyscallRecord | SendLoop:
+    return SendLoop.from_dict(result) if "records" in result else SyscallRecord.from_dict(result)
+
+
+class Endpoint:
+    """A host's agent (`proc` None) or one of its worker processes, seen through `channel`."""
+
+    def __init__(self, channel: AgentChannel, host: str, proc: str | None = None) -> None:
+        self.channel = channel
+        self.host = host
+        self.proc = proc
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.host}{'/' + self.proc if self.proc else ''}>"
+
+    def _request(self, op: str, convert: Callable[[dict[str, Any]], Any], background: bool, **args: Any) -> Any:
+        future = self.channel.submit(op, proc=self.proc, **args)
+        return _then(future, convert) if background else convert(future.result())
+
+    # Sockets
+
+    def socket(self, type: str = "tcp", options: Mapping[str, Any] | None = None, *,
+               background: bool = False) -> SyscallRecord:
+        """socket() then setsockopt per option; `.handle` names the new socket (None if a step failed)."""
+        return self._request("socket", _record, background, type=type, options=_opt(options))
+
+    def setsockopt(self, handle: str, options: Mapping[str, Any], *,
+                   background: bool = False) -> list[SyscallRecord]:
+        """One record per option, e.g. {"keepalive": 1, "keepidle": 2, "linger": [1, 0]}."""
+        return self._request("setsockopt", _records, background, handle=handle, options=dict(options))
+
+    def getsockopt(self, handle: str, name: str, *, background: bool = False) -> SyscallRecord:
+        """The value is in `extra["value"]`."""
+        return self._request("getsockopt", _record, background, handle=handle, name=name)
+
+    def so_error(self, handle: str, *, background: bool = False) -> SyscallRecord:
+        """getsockopt(SO_ERROR) (clears it); `extra["value_name"]` is the errno name or None."""
+        return self.getsockopt(handle, "so_error", background=background)
+
+    def bind(self, handle: str, addr: str = "0.0.0.0", port: int = 0, *,
+             background: bool = False) -> SyscallRecord:
+        return self._request("bind", _record, background, handle=handle, addr=addr, port=port)
+
+    def listen(self, port: int | None = None, addr: str = "0.0.0.0", backlog: int = 5,
+               options: Mapping[str, Any] | None = None, accept: bool = False, handle: str | None = None, *,
+               background: bool = False) -> SyscallRecord:
+        """A new listener on `port` (socket, options, bind, listen), or listen() on a bound `handle`.
+
+        If a step fails its record is returned (e.g. op "bind" with EADDRINUSE). With `accept=True` the
+        agent accepts in the background; see `accepted`.
+        """
+        return self._request("listen", _record, background, port=port, addr=addr, backlog=backlog,
+                             options=_opt(options), accept=accept, handle=handle)
+
+    def accept(self, handle: str, timeout: float | None = None, *, background: bool = False) -> SyscallRecord:
+        """accept(); `.handle` is the new socket, `extra["peer"]` its peer. `timeout` works via SO_RCVTIMEO."""
+        return self._request("accept", _record, background, handle=handle, timeout=timeout)
+
+    def accepted(self, handle: str, *, background: bool = False) -> list[SyscallRecord]:
+        """The accept records of a background-accepting listener so far (`.handle` of each is the socket)."""
+        return self._request("accepted", _records, background, handle=handle)
+
+    def connect(self, addr: str, port: int, handle: str | None = None, type: str = "tcp",
+                options: Mapping[str, Any] | None = None, nonblocking: bool = False,
+                select_timeout: float | None = None, *, background: bool = False) -> SyscallRecord:
+        """connect() on `handle` or a new socket. Non-blocking with `select_timeout`: the record is the
+        connect's (EINPROGRESS); `.sub("select")` (`extra["select"]["ready"]`) and `.sub("so_error")` follow.
+        """
+        return self._request("connect", _record, background, addr=addr, port=port, handle=handle, type=type,
+                             options=_opt(options), nonblocking=nonblocking, select_timeout=select_timeout)
+
+    def send(self, handle: str, size: int | None = None, data: bytes | None = None, count: int | None = 1,
+             interval: float = 0.0, duration: float | None = None, flags: Sequence[str] | None = None,
+             nonblocking: bool = False, addr: str | None = None, port: int | None = None, *,
+             background: bool = False) -> SyscallRecord | SendLoop:
+        """send() `size` pattern bytes or `data`; a record, or a SendLoop when count != 1 or a duration is set.
+
+        `count=None` loops until `duration` or the first errno (e.g. EAGAIN with nonblocking=True).
+        `flags` defaults to MSG_NOSIGNAL (EPIPE, no SIGPIPE); pass [] to get the signal.
+        """
+        encoded = None if data is None else base64.b64encode(data).decode()
+        return self._request("send", _send_result, background, handle=handle, size=size, data=encoded,
+                             count=count, interval=interval, duration=duration,
+                             flags=None if flags is None else list(flags), nonblocking=nonblocking,
+                             addr=addr, port=port)
+
+    def recv(self, handle: str, size: int = 65536, timeout: float | None = None, nonblocking: bool = False,
+             flags: Sequence[str] | None = None, *, background: bool = False) -> SyscallRecord:
+        """recv(); `.ret == 0` is EOF, `.data` the bytes. `timeout` is set as SO_RCVTIMEO (EAGAIN)."""
+        return self._request("recv", _record, background, handle=handle, size=size, timeout=timeout,
+                             nonblocking=nonblocking, flags=None if flags is None else list(flags))
+
+    def shutdown(self, handle: str, how: str = "SHUT_WR", *, background: bool = False) -> SyscallRecord:
+        return self._request("shutdown", _record, background, handle=handle, how=how)
+
+    def close(self, handle: str, *, background: bool = False) -> SyscallRecord:
+        return self._request("close", _record, background, handle=handle)
+
+    def sockets(self, proto: str = "tcp", port: int | None = None, sport: int | None = None,
+                dport: int | None = None, states: Sequence[str] | None = None, *,
+                background: bool = False) -> list[dict[str, Any]]:
+        """sock_diag entries of the host's namespace, each with the snapshot's `t` and `t_real`.
+
+        Entries of sockets this endpoint holds carry their `handle`.
+        """
+        def entries(result: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{**entry, "t": result["t"], "t_real": result["t_real"]} for entry in result["sockets"]]
+        return self._request("sockets", entries, background, proto=proto, port=port, sport=sport, dport=dport,
+                             states=None if states is None else list(states))
+
+    # Processes
+
+    def spawn_worker(self, name: str, sigpipe: str = "ignore", *, background: bool = False) -> WorkerEndpoint:
+        """A child agent holding its own sockets (the "server process" faults kill).
+
+        sigpipe="default" restores SIG_DFL, so a write to a reset socket without MSG_NOSIGNAL kills it.
+        """
+        def worker(result: dict[str, Any]) -> WorkerEndpoint:
+            return WorkerEndpoint(self.channel, self.host, name, result["pid"], sigpipe)
+        return self._request("spawn_worker", worker, background, name=name, sigpipe=sigpipe)
+
+    def spawn(self, cmd: Sequence[str], name: str, *, background: bool = False) -> int:
+        """Start `cmd` with its output captured; returns its pid. See `wait` and `signal`."""
+        return self._request("spawn", lambda r: r["pid"], background, cmd=list(cmd), name=name)
+
+    def signal(self, name: str, signal: str = "SIGKILL", *, background: bool = False) -> SyscallRecord:
+        """Signal a spawned process or worker by name (pidfd_send_signal record)."""
+        return self._request("signal", _record, background, name=name, signal=signal)
+
+    def wait(self, name: str, timeout: float | None = None, *, background: bool = False) -> CompletedRun:
+        """Wait for a spawned process; if `timeout` passes first, `timed_out` is set and it keeps running."""
+        return self._request("wait", lambda r: CompletedRun.from_dict(name, r), background, name=name,
+                             timeout=timeout)
+
+    def run(self, cmd: Sequence[str], timeout: float | None = None, input: str | None = None,
+            check: bool = False, *, background: bool = False) -> CompletedRun:
+        """Run `cmd` to completion (SIGKILL after `timeout`); check=True raises CommandFailed with output."""
+        def completed(result: dict[str, Any]) -> CompletedRun:
+            run = CompletedRun.from_dict(list(cmd), result)
+            return run.check() if check else run
+        return self._request("run", completed, background, cmd=list(cmd), timeout=timeout, input=input)
+
+    # Host state
+
+    def sysctl_get(self, keys: Sequence[str], *, background: bool = False) -> dict[str, str]:
+        return self._request("sysctl_get", dict, background, keys=list(keys))
+
+    def sysctl_set(self, values: Mapping[str, str | int], *, background: bool = False) -> dict[str, str]:
+        """Write sysctls; returns their previous values."""
+        return self._request("sysctl_set", dict, background, values=dict(values))
+
+    def capture_start(self, iface: str = "eth0", filter: str = "", snaplen: int | None = None, *,
+                      background: bool = False) -> str:
+        """Start tcpdump; returns the capture id once tcpdump is listening."""
+        return self._request("capture_start", lambda r: r["id"], background, iface=iface, filter=filter,
+                             snaplen=snaplen)
+
+    def capture_stop(self, id: str, *, background: bool = False) -> bytes:
+        """Stop a capture; returns the pcap file's bytes."""
+        return self._request("capture_stop", lambda r: base64.b64decode(r["pcap"]), background, id=id)
+
+    def reset(self, *, background: bool = False) -> dict[str, Any]:
+        """Close every handle, kill workers and spawned processes, stop captures."""
+        return self._request("reset", dict, background)
+
+    def info(self, *, background: bool = False) -> dict[str, Any]:
+        """pid, kernel, python and pyroute2 versions, clock {mono, real}."""
+        return self._request("info", dict, background)
+
+    @property
+    def realtime_minus_monotonic(self) -> float:
+        """CLOCK_REALTIME - CLOCK_MONOTONIC in the host now (maps capture timestamps to record times)."""
+        clock = self.info()["clock"]
+        return float(clock["real"] - clock["mono"])
+
+
+class WorkerEndpoint(Endpoint):
+    """A worker process of a host: the Endpoint API inside it, plus its `name`, `pid` and `signal`."""
+
+    def __init__(self, channel: AgentChannel, host: str, name: str, pid: int, sigpipe: str) -> None:
+        super().__init__(channel, host, proc=name)
+        self.name = name
+        self.pid = pid
+        self.sigpipe = sigpipe
+
+    def signal(self, signal: str = "SIGKILL", *, background: bool = False) -> SyscallRecord:  # type: ignore[override]
+        """Signal this worker (sent by the host's main agent, so it works while the worker is stopped)."""
+        future = self.channel.submit("signal", name=self.name, signal=signal)
+        return _then(future, _record) if background else _record(future.result())
+
+
+def _opt(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if options is None else dict(options)

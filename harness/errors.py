@@ -1,0 +1,17 @@
+"""Exceptions for expected failures: each message says what happened, what was tried and what to do."""
+
+
+class NetfaultError(Exception):
+    """Base of netfault's expected errors (the CLI prints them without a traceback)."""
+
+
+class ConfigError(NetfaultError):
+    """A bad value in a configuration source (compose file, marker, option, environment)."""
+
+
+class EngineUnavailable(NetfaultError):
+    """The container engine (or the backend's prerequisites) cannot be reached."""
+
+
+class SysctlError(NetfaultError):
+    """A sysctl the kernel does not have, or one netfault cannot set per host."""

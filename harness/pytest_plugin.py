@@ -1,0 +1,198 @@
+"""pytest plugin: the `faults` marker, per-host sysctls, and the `pair` / `client` / `server` fixtures.
+
+Settings resolve in one order: marker > command line > ini > environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .backends.base import Backend, Host, Testbed
+from .errors import ConfigError, EngineUnavailable, NetfaultError
+from .runinfo import RunInfo
+from .topology import load_topology
+
+RUN_KEY = pytest.StashKey[RunInfo]()
+SYSCTLS_KEY = pytest.StashKey[dict]()
+_PAIR_PARAMS = {"sysctls"}
+
+
+@dataclass
+class Pair:
+    """The client and server hosts of the test bed, for one test."""
+
+    client: Host
+    server: Host
+    testbed: Testbed
+
+    @property
+    def unused_addr(self) -> str:
+        """An address on the test network that no host answers for."""
+        return self.testbed.unused_addr
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("netfault", "netfault: network fault scenarios")
+    group.addoption("--netfault-backend", choices=["docker"], default=None,
+                    help="where hosts run (default: ini netfault_backend, $NETFAULT_BACKEND, docker)")
+    group.addoption("--netfault-image", default=None,
+                    help="peer image for hosts (default: ini netfault_image, $NETFAULT_IMAGE, the content tag "
+                         "of the current sources, built if missing)")
+    parser.addini("netfault_backend", "backend for hosts (docker)", default=None)
+    parser.addini("netfault_image", "peer image for hosts", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "faults: a fault scenario run against real hosts (needs a Docker engine; skipped without one, "
+        "failed without one when CI=true)")
+    config.addinivalue_line(
+        "markers", "sysctls(**hosts): per-host sysctls for one test, restored after it, e.g. "
+        "sysctls(client={'net.ipv4.tcp_syn_retries': 2})")
+    workerinput = getattr(config, "workerinput", {})
+    config.stash[RUN_KEY] = RunInfo.current(workerinput.get("netfault_run_id"))
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "netfault-xdist")
+    if not workerinput:
+        _terminate_as_interrupt()
+
+
+class _XdistHooks:
+    """Give every xdist worker the controller's run id (they make one network each)."""
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["netfault_run_id"] = node.config.stash[RUN_KEY].run_id
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a CI runner cancelling) tears down like Ctrl-C, so the hosts are removed."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _setting(config: pytest.Config, option: str, ini: str, env: str, default: str | None) -> str | None:
+    return config.getoption(option) or config.getini(ini) or os.environ.get(env) or default
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """A progress line on the terminal, even while output is captured."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    with capman.global_and_fixture_disabled():
+        reporter.write_line(f"netfault: {line}")
+
+
+def _docker_backend(config: pytest.Config) -> Backend:
+    from .backends.docker import DockerBackend
+    from .docker_client import connect_docker
+    from .images import ensure_peer_image
+    from .reaper import reap
+
+    client = connect_docker()
+    reaped = reap(client)
+    if reaped.containers or reaped.networks:
+        _say(config, "reaped leftovers of dead runs: " + reaped.summary())
+    image = _setting(config, "netfault_image", "netfault_image", "NETFAULT_IMAGE", None)
+    if image is None:
+        image = ensure_peer_image(client, progress=lambda line: _say(config, line))
+    return DockerBackend(client, load_topology(), image, config.stash[RUN_KEY], progress=lambda l: _say(config, l))
+
+
+@pytest.fixture(scope="session")
+def netfault_testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
+    """The session's hosts on their own network (one network per xdist worker), removed at the end."""
+    config = request.config
+    backend_name = _setting(config, "netfault_backend", "netfault_backend", "NETFAULT_BACKEND", "docker")
+    if backend_name != "docker":
+        raise pytest.UsageError(f"netfault: unknown backend {backend_name!r} (known: docker)")
+    try:
+        backend = _docker_backend(config)
+    except EngineUnavailable as exc:
+        if _in_ci():
+            pytest.fail(f"{exc} (CI=true: a missing engine is a failure, not a skip)", pytrace=False)
+        pytest.skip(str(exc))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    try:
+        testbed = backend.create(worker)
+    except BaseException:
+        backend.destroy()
+        raise
+    try:
+        yield testbed
+    finally:
+        backend.destroy()
+
+
+def _requested_sysctls(request: pytest.FixtureRequest, hosts: list[str]) -> dict[str, dict[str, Any]]:
+    """Per-host sysctls from the `sysctls` marker and an indirect `pair` parameter, validated."""
+    wanted: dict[str, dict[str, Any]] = {}
+    sources = [(f"marker sysctls on {request.node.nodeid}", m.kwargs)
+               for m in reversed(list(request.node.iter_markers("sysctls")))]
+    param = getattr(request, "param", None)
+    if param is not None:
+        if not isinstance(param, dict) or set(param) - _PAIR_PARAMS:
+            bad = sorted(set(param) - _PAIR_PARAMS) if isinstance(param, dict) else param
+            raise ConfigError(f"unknown parameter {bad!r} for fixture pair on {request.node.nodeid} "
+                              f"(known: {', '.join(sorted(_PAIR_PARAMS))})")
+        sources.append((f"parameter of fixture pair on {request.node.nodeid}", param.get("sysctls", {})))
+    for source, per_host in sources:
+        for host, values in per_host.items():
+            if host not in hosts:
+                raise ConfigError(f"unknown host {host!r} in {source} (hosts: {', '.join(hosts)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: sysctls for {host} must be a dict of name -> value, got {values!r}")
+            wanted.setdefault(host, {}).update(values)
+    return wanted
+
+
+@pytest.fixture
+def pair(netfault_testbed: Testbed, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """Client and server hosts, fresh for this test: per-test sysctls applied, everything undone afterwards."""
+    testbed = netfault_testbed
+    undo: list[tuple[Host, dict[str, str]]] = []
+    try:
+        wanted = _requested_sysctls(request, list(testbed.hosts))
+        request.node.stash[SYSCTLS_KEY] = wanted
+        request.node.user_properties.append(("netfault.sysctls", json.dumps(wanted, sort_keys=True)))
+        for name, values in wanted.items():
+            host = testbed[name]
+            undo.append((host, host.set_sysctls(values)))
+    except NetfaultError as exc:
+        _undo(testbed, undo)
+        pytest.fail(str(exc), pytrace=False)
+    yield Pair(testbed["client"], testbed["server"], testbed)
+    _undo(testbed, undo)
+
+
+def _undo(testbed: Testbed, undo: list[tuple[Host, dict[str, str]]]) -> None:
+    """Reset every agent, then restore sysctls in reverse order of setting."""
+    testbed.reset()
+    for host, previous in reversed(undo):
+        host.set_sysctls(previous)
+
+
+@pytest.fixture
+def client(pair: Pair) -> Host:
+    """The client host of `pair`."""
+    return pair.client
+
+
+@pytest.fixture
+def server(pair: Pair) -> Host:
+    """The server host of `pair`."""
+    return pair.server

@@ -1,0 +1,162 @@
+"""What crossed the wire: pcap files parsed (with dpkt) into packets with tcpdump-style flags."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dpkt
+
+_DLT_EN10MB = 1
+_DLT_RAW = 101
+_DLT_LINUX_SLL = 113
+_DLT_LINUX_SLL2 = 276
+
+# tcpdump's order and letters; ACK is printed last as '.'.
+_FLAG_LETTERS = (
+    (dpkt.tcp.TH_FIN, "F"), (dpkt.tcp.TH_SYN, "S"), (dpkt.tcp.TH_RST, "R"), (dpkt.tcp.TH_PUSH, "P"),
+    (dpkt.tcp.TH_URG, "U"), (dpkt.tcp.TH_ECE, "E"), (dpkt.tcp.TH_CWR, "W"),
+)
+
+
+def tcp_flags(bits: int) -> str:
+    """tcpdump's notation: 'S', 'S.', 'R.', 'FP.', '.'."""
+    letters = "".join(letter for bit, letter in _FLAG_LETTERS if bits & bit)
+    return letters + ("." if bits & dpkt.tcp.TH_ACK else "")
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One IPv4 packet seen by a capture.
+
+    `t_real` is the capture timestamp (CLOCK_REALTIME); `t` the same instant on CLOCK_MONOTONIC, the clock of
+    the agent's syscall records. ICMP errors carry the ports of the packet they quote in sport/dport (and the
+    quoted addresses in src/dst are those of the original packet) so they can be matched to a flow.
+    """
+
+    t: float
+    t_real: float
+    proto: str
+    src: str
+    dst: str
+    sport: int = 0
+    dport: int = 0
+    flags: str = ""
+    seq: int = 0
+    ack: int = 0
+    length: int = 0
+    win: int = 0
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    quoted_proto: str = ""
+    quoted_src: str = ""
+    quoted_dst: str = ""
+
+    def __str__(self) -> str:
+        if self.proto == "tcp":
+            return (f"{self.src}.{self.sport} > {self.dst}.{self.dport}: Flags [{self.flags}], seq {self.seq}, "
+                    f"ack {self.ack}, win {self.win}, length {self.length}")
+        if self.proto == "icmp":
+            quoted = (f" (quoting {self.quoted_proto} {self.quoted_src}.{self.sport} > {self.quoted_dst}.{self.dport})"
+                      if self.quoted_proto else "")
+            return f"{self.src} > {self.dst}: ICMP type {self.icmp_type} code {self.icmp_code}{quoted}"
+        return f"{self.src}.{self.sport} > {self.dst}.{self.dport}: {self.proto.upper()}, length {self.length}"
+
+    def between(self, a: tuple[str, int], b: tuple[str, int]) -> bool:
+        """Whether this packet belongs to the flow between endpoints a and b (either direction)."""
+        ends = {(self.src, self.sport), (self.dst, self.dport)}
+        return ends == {a, b}
+
+
+def _ip_of(linktype: int, frame: bytes) -> dpkt.ip.IP | None:
+    if linktype == _DLT_EN10MB:
+        eth = dpkt.ethernet.Ethernet(frame)
+        payload = eth.data
+    elif linktype == _DLT_LINUX_SLL:
+        payload = dpkt.sll.SLL(frame).data
+    elif linktype == _DLT_LINUX_SLL2:
+        payload = dpkt.sll2.SLL2(frame).data
+    elif linktype == _DLT_RAW:
+        payload = dpkt.ip.IP(frame)
+    else:
+        raise ValueError(f"unsupported pcap link type {linktype}")
+    return payload if isinstance(payload, dpkt.ip.IP) else None
+
+
+def _icmp_packet(t: float, t_real: float, ip: dpkt.ip.IP, icmp: dpkt.icmp.ICMP) -> Packet:
+    fields: dict = {}
+    inner = getattr(icmp.data, "data", None)
+    if isinstance(inner, dpkt.ip.IP):
+        body = bytes(inner.data)
+        fields = {
+            "quoted_src": socket.inet_ntoa(inner.src),
+            "quoted_dst": socket.inet_ntoa(inner.dst),
+            "quoted_proto": {dpkt.ip.IP_PROTO_TCP: "tcp", dpkt.ip.IP_PROTO_UDP: "udp"}.get(inner.p, str(inner.p)),
+        }
+        if len(body) >= 4:
+            fields["sport"], fields["dport"] = int.from_bytes(body[0:2], "big"), int.from_bytes(body[2:4], "big")
+    return Packet(t=t, t_real=t_real, proto="icmp", src=socket.inet_ntoa(ip.src), dst=socket.inet_ntoa(ip.dst),
+                  icmp_type=icmp.type, icmp_code=icmp.code, length=len(ip.data), **fields)
+
+
+def parse_pcap(data: bytes, realtime_minus_monotonic: float = 0.0) -> list[Packet]:
+    """Parse a pcap (as written by tcpdump -w) into IPv4 packets; non-IP frames are skipped."""
+    reader = dpkt.pcap.Reader(io.BytesIO(data))
+    linktype = reader.datalink()
+    packets = []
+    for ts, frame in reader:
+        ip = _ip_of(linktype, frame)
+        if ip is None:
+            continue
+        t_real = float(ts)
+        t = t_real - realtime_minus_monotonic
+        src, dst = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)
+        if isinstance(ip.data, dpkt.tcp.TCP):
+            tcp = ip.data
+            packets.append(Packet(
+                t=t, t_real=t_real, proto="tcp", src=src, dst=dst, sport=tcp.sport, dport=tcp.dport,
+                flags=tcp_flags(tcp.flags), seq=tcp.seq, ack=tcp.ack, length=len(tcp.data), win=tcp.win,
+            ))
+        elif isinstance(ip.data, dpkt.udp.UDP):
+            udp = ip.data
+            packets.append(Packet(t=t, t_real=t_real, proto="udp", src=src, dst=dst, sport=udp.sport,
+                                  dport=udp.dport, length=len(udp.data)))
+        elif isinstance(ip.data, dpkt.icmp.ICMP):
+            packets.append(_icmp_packet(t, t_real, ip, ip.data))
+    return packets
+
+
+class Wire:
+    """The packets one capture saw, with filters for assertions and a table for failure messages."""
+
+    def __init__(self, host: str, packets: Iterable[Packet] = ()) -> None:
+        self.host = host
+        self.packets: list[Packet] = list(packets)
+        self.pcap = b""
+
+    def __iter__(self):
+        return iter(self.packets)
+
+    def __len__(self) -> int:
+        return len(self.packets)
+
+    def tcp(self, *, port: int | None = None, flags: str | None = None,
+            src: str | None = None, dst: str | None = None) -> list[Packet]:
+        """TCP segments, optionally to or from `port`, with exactly `flags` (tcpdump notation), from/to an address."""
+        return [
+            p for p in self.packets
+            if p.proto == "tcp"
+            and (port is None or port in (p.sport, p.dport))
+            and (flags is None or p.flags == flags)
+            and (src is None or p.src == src)
+            and (dst is None or p.dst == dst)
+        ]
+
+    def table(self, since: float | None = None) -> str:
+        """An aligned text table of the packets (times relative to `since`, or to the first packet)."""
+        if not self.packets:
+            return f"(no packets captured on {self.host})"
+        origin = self.packets[0].t if since is None else since
+        return "\n".join(f"{p.t - origin:+10.6f}s  {self.host:<8} {p}" for p in self.packets)
