@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .docker_client import connect_docker
 from .errors import NetfaultError
-from .images import BASE_MODES, ensure_peer_image
+from .images import BASE_MODES, REPO_ROOT, ensure_peer_image
+from .reaper import reap
+from .report import write_report
+from .runinfo import RUN_ID_ENV, new_run_id
+
+RESULTS_DIR = REPO_ROOT / "results"
+CATALOGUE_DIR = REPO_ROOT / "tests" / "faults"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,6 +82,43 @@ def build(args: argparse.Namespace) -> int:
     tag = ensure_peer_image(connect_docker(), base=args.base, force=args.force, progress=_progress)
     print(tag)
     return 0
+
+
+@command("reap", "remove containers and networks left by netfault runs whose process is gone",
+         arg("--all", action="store_true", dest="everything",
+             help="remove every netfault-labelled container and network, live runs included"),
+         arg("--run", default=None, help="remove only the resources of this run id"))
+def reap_command(args: argparse.Namespace) -> int:
+    """Remove leftovers: every resource netfault creates carries netfault.run=<run id> and the pid of the
+    process that made it; those whose process no longer runs on this machine are removed. Sessions do
+    this at start too, so a SIGKILLed pytest leaves nothing behind for long."""
+    report = reap(connect_docker(), everything=args.everything, run_id=args.run, progress=_progress)
+    _progress(report.summary())
+    return 0
+
+
+@command("catalogue", "run the fault catalogue and write results/<run-id>/ with its report",
+         arg("--results", type=Path, default=RESULTS_DIR, help=f"results directory (default: {RESULTS_DIR})"),
+         arg("pytest_args", nargs=argparse.REMAINDER, help="more pytest arguments, e.g. -k s01 or -n 2"))
+def catalogue(args: argparse.Namespace) -> int:
+    """Run `pytest -m faults` over tests/faults (the scenario catalogue) with this run's id, write
+    <results>/<run-id>/junit.xml and report.md, and point <results>/latest at it. The exit status is
+    pytest's."""
+    run_id = new_run_id()
+    run_dir = args.results / run_id
+    run_dir.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pytest", "-m", "faults", str(CATALOGUE_DIR), "-p", "no:cacheprovider",
+           f"--junitxml={run_dir / 'junit.xml'}", *args.pytest_args]
+    _progress(f"run {run_id}: {' '.join(cmd)}")
+    returncode = subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, RUN_ID_ENV: run_id})
+    if not (run_dir / "junit.xml").exists():
+        raise NetfaultError(f"pytest (exit status {returncode}) wrote no {run_dir / 'junit.xml'}: see its output above")
+    report = write_report(run_dir, run_id, returncode)
+    latest = args.results / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(run_id)
+    _progress(f"report: {report}")
+    return returncode
 
 
 def make_parser() -> argparse.ArgumentParser:
