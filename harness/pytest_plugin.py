@@ -161,14 +161,20 @@ def _requested_sysctls(request: pytest.FixtureRequest, hosts: list[str]) -> dict
 
 
 @pytest.fixture
-def pair(netfault_testbed: Testbed, request: pytest.FixtureRequest) -> Iterator[Pair]:
-    """Client and server hosts, fresh for this test: per-test sysctls applied, everything undone afterwards."""
-    testbed = netfault_testbed
+def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """Client and server hosts, fresh for this test: per-test sysctls applied, everything undone afterwards.
+
+    Markers and parameters are checked against the topology before any host is started.
+    """
+    try:
+        wanted = _requested_sysctls(request, load_topology().names)
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    request.node.stash[SYSCTLS_KEY] = wanted
+    request.node.user_properties.append(("netfault.sysctls", json.dumps(wanted, sort_keys=True)))
+    testbed: Testbed = request.getfixturevalue("netfault_testbed")
     undo: list[tuple[Host, dict[str, str]]] = []
     try:
-        wanted = _requested_sysctls(request, list(testbed.hosts))
-        request.node.stash[SYSCTLS_KEY] = wanted
-        request.node.user_properties.append(("netfault.sysctls", json.dumps(wanted, sort_keys=True)))
         for name, values in wanted.items():
             host = testbed[name]
             undo.append((host, host.set_sysctls(values)))

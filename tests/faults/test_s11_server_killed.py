@@ -66,10 +66,12 @@ def test_s11_server_killed_client_idle_sees_eof(pair):
     evidence = f"\n{kill.describe()} at {kill.applied_at:.6f}\n{eof}\n{wire.table(since=kill.applied_at)}"
 
     assert eof.ret == 0 and eof.errno is None, "recv() must return 0 (EOF)" + evidence
-    fin = wire.tcp(src=server.addr, flags="F.")
-    assert len(fin) == 1, evidence
-    assert wire.tcp(flags="R.") == [] and wire.tcp(flags="R") == [], "a crash with nothing unread sends no RST" + evidence
-    ack = [p for p in wire.tcp(src=client.addr, flags=".") if p.ack == fin[0].seq + 1]
+    fins = wire.tcp(src=server.addr, flags="F.")
+    assert fins and {f.seq for f in fins} == {fins[0].seq}, "one FIN (retransmitted only if its ACK was late)" + evidence
+    assert not [p for p in wire.tcp(port=PORT) if "R" in p.flags], "a crash with nothing unread sends no RST" + evidence
+    # Receiving the FIN puts the client in delayed-ACK (pingpong) mode: its ACK is prompt on an idle machine
+    # but may come after the server's retransmission timer on a busy one; the server's timer starts at the first.
+    ack = [p for p in wire.tcp(src=client.addr, flags=".") if p.ack == fins[0].seq + 1]
     assert ack, "the client's kernel acknowledges the FIN" + evidence
 
     _one(client_after, dport=PORT, state="CLOSE_WAIT")

@@ -51,7 +51,10 @@ def test_sigkill_fails_pending_request_with_process_died_and_peer_sees_eof(agent
     assert "local/srv: recv:" in str(died.value) and "died by SIGKILL" in str(died.value)
     # The kernel closed the dead process's socket: FIN to the client, which reads EOF.
     assert agent.recv(client, timeout=5).ret == 0
-    assert {s["state"] for s in agent.sockets(port=port)} == {"CLOSE_WAIT", "FIN_WAIT2"}
+    # The closed side waits in FIN_WAIT2 once its FIN is ACKed. The FIN puts the receiver in delayed-ACK
+    # (pingpong) mode, so on a busy machine the ACK can still be pending: FIN_WAIT1 is then correct too.
+    states = {s["state"] for s in agent.sockets(port=port)}
+    assert states in ({"CLOSE_WAIT", "FIN_WAIT2"}, {"CLOSE_WAIT", "FIN_WAIT1"}), states
     with pytest.raises(ProcessDied, match="died by SIGKILL"):
         worker.info()  # later requests fail the same way
     assert not os.path.exists(f"/proc/{worker.pid}")
