@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -16,13 +17,16 @@ if TYPE_CHECKING:
 def capture(host: Host, bpf: str = "", iface: str = "eth0") -> Iterator[Wire]:
     """Capture on `host` for the duration of the block; the Wire it yields is filled when the block ends.
 
-    tcpdump is listening when the block starts (the agent waits for it) and is stopped even if the block
-    raises, so a failing test keeps its evidence.
+    tcpdump is listening when the block starts (the agent waits for it), has written every packet the
+    kernel passed it when the block ends (`wire.complete`; the agent checks tcpdump's counters), and is
+    stopped even if the block raises, so a failing test keeps its evidence.
     """
     wire = Wire(host.name)
     capture_id = host.capture_start(iface=iface, filter=bpf)
     try:
         yield wire
     finally:
-        wire.pcap = host.capture_stop(capture_id)
+        result = host.channel.call("capture_stop", proc=host.proc, id=capture_id)
+        wire.pcap = base64.b64decode(result["pcap"])
+        wire.complete = result["drained"]
         wire.packets = parse_pcap(wire.pcap, host.realtime_minus_monotonic)

@@ -135,6 +135,7 @@ class Wire:
         self.host = host
         self.packets: list[Packet] = list(packets)
         self.pcap = b""
+        self.complete = True
 
     def __iter__(self):
         return iter(self.packets)
@@ -156,7 +157,8 @@ class Wire:
 
     def table(self, since: float | None = None) -> str:
         """An aligned text table of the packets (times relative to `since`, or to the first packet)."""
+        note = "" if self.complete else f"\n(tcpdump on {self.host} did not drain: the last packets may be missing)"
         if not self.packets:
-            return f"(no packets captured on {self.host})"
+            return f"(no packets captured on {self.host})" + note
         origin = self.packets[0].t if since is None else since
-        return "\n".join(f"{p.t - origin:+10.6f}s  {self.host:<8} {p}" for p in self.packets)
+        return "\n".join(f"{p.t - origin:+10.6f}s  {self.host:<8} {p}" for p in self.packets) + note

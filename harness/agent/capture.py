@@ -6,23 +6,29 @@ import base64
 import errno
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 from typing import Any
 
 from .errors import BadRequest
 
 LISTEN_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 2.0
+DRAIN_POLL = 0.005
+_COUNTS = re.compile(r"(\d+) packets? captured, (\d+) packets? received by filter")
 
 
 class Capture:
     """One tcpdump writing a pcap file; its stderr is collected by a thread."""
 
     def __init__(self, iface: str, filter: str, snaplen: int | None) -> None:
+        self.iface = iface
         tcpdump = shutil.which("tcpdump")
         if tcpdump is None:
             raise OSError(errno.ENOENT, "tcpdump is not installed in this host: capture_start needs it on PATH")
@@ -65,8 +71,35 @@ class Capture:
         raise BadRequest(f"tcpdump exited with status {self.popen.returncode} before listening "
                          f"({' '.join(self.argv)}): {self.stderr()!r}")
 
+    def _counts(self) -> tuple[int, int] | None:
+        """tcpdump's latest (captured, received by filter) counts, from the line SIGUSR1 makes it print."""
+        for line in reversed(self._stderr):
+            if m := _COUNTS.search(line):
+                return int(m.group(1)), int(m.group(2))
+        return None
+
+    def _drain(self) -> bool:
+        """Wait until tcpdump has written every packet the kernel gave it: on SIGINT it stops at once and
+        drops what is still in its ring buffer. SIGUSR1 makes it print its counts: drained when it captured
+        all the kernel passed it, or, on loopback (where the kernel counts each packet twice, once per
+        direction, and libpcap keeps one), when two readings in a row are the same."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        previous = None
+        while time.monotonic() < deadline and self.popen.poll() is None:
+            printed = len(self._stderr)
+            self.popen.send_signal(signal.SIGUSR1)
+            while len(self._stderr) == printed and time.monotonic() < deadline:
+                time.sleep(0.002)
+            counts = self._counts()
+            if counts is not None and (counts[0] >= counts[1] if self.iface != "lo" else counts == previous):
+                return True
+            previous = counts
+            time.sleep(DRAIN_POLL)
+        return False
+
     def stop(self) -> dict[str, Any]:
-        """SIGINT (tcpdump flushes and prints its counts), wait, return the pcap."""
+        """Drain, SIGINT (tcpdump flushes and prints its counts), wait, return the pcap."""
+        drained = self._drain()
         self.popen.send_signal(signal.SIGINT)
         try:
             self.popen.wait(STOP_TIMEOUT)
@@ -78,7 +111,7 @@ class Capture:
             pcap = file.read()
         os.unlink(self.path)
         return {"pcap": base64.b64encode(pcap).decode(), "bytes": len(pcap), "returncode": self.popen.returncode,
-                "stderr": self.stderr()}
+                "drained": drained, "stderr": self.stderr()}
 
     def kill(self) -> None:
         self.popen.kill()

@@ -29,6 +29,7 @@ def test_s01_connect_without_listener_is_refused_at_once(pair):
     assert rec.errname == "ECONNREFUSED", evidence
     assert rec.elapsed < AT_ONCE, evidence
 
+    assert wire.complete, "tcpdump must have written every packet it was given" + evidence
     syn, rst = wire.tcp(port=PORT)
     assert (syn.flags, syn.src, syn.dst, syn.dport) == ("S", client.addr, server.addr, PORT), evidence
     assert (rst.flags, rst.src, rst.dst, rst.sport) == ("R.", server.addr, client.addr, PORT), evidence

@@ -66,6 +66,7 @@ def test_s11_server_killed_client_idle_sees_eof(pair):
     evidence = f"\n{kill.describe()} at {kill.applied_at:.6f}\n{eof}\n{wire.table(since=kill.applied_at)}"
 
     assert eof.ret == 0 and eof.errno is None, "recv() must return 0 (EOF)" + evidence
+    assert wire.complete, "tcpdump must have written every packet it was given" + evidence
     fins = wire.tcp(src=server.addr, flags="F.")
     assert fins and {f.seq for f in fins} == {fins[0].seq}, "one FIN (retransmitted only if its ACK was late)" + evidence
     assert not [p for p in wire.tcp(port=PORT) if "R" in p.flags], "a crash with nothing unread sends no RST" + evidence
