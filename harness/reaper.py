@@ -32,6 +32,12 @@ class ReapReport:
         return "; ".join(parts)
 
 
+def _gone_or_going(exc: docker.errors.APIError) -> bool:
+    """Removed meanwhile, or being removed by another reaper (the engine answers 409 'already in progress')."""
+    return isinstance(exc, docker.errors.NotFound) or (
+        exc.status_code == 409 and "already in progress" in str(exc))
+
+
 def _is_dead(labels: dict[str, str], report: ReapReport, everything: bool, run_id: str | None) -> bool:
     run = labels.get(LABEL_RUN, "?")
     if run_id is not None:
@@ -64,8 +70,10 @@ def reap(
             progress(f"removing container {container.name} (run {container.labels.get(LABEL_RUN)})")
             try:
                 container.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                continue
+            except docker.errors.APIError as exc:
+                if _gone_or_going(exc):
+                    continue
+                raise
             report.containers.append(container.name)
     for network in client.networks.list(filters={"label": LABEL_RUN}):
         labels = network.attrs.get("Labels") or {}
@@ -73,7 +81,9 @@ def reap(
             progress(f"removing network {network.name} (run {labels.get(LABEL_RUN)})")
             try:
                 network.remove()
-            except docker.errors.NotFound:
-                continue
+            except docker.errors.APIError as exc:
+                if _gone_or_going(exc):
+                    continue
+                raise
             report.networks.append(network.name)
     return report
