@@ -128,7 +128,7 @@ def test_netfault_reap_removes_dead_runs_and_keeps_live_ones(engine):
         assert out.returncode == 0, out.stderr
         # Another session starting on this machine at the same time reaps dead runs too, so the end state is
         # asserted, and the summary line; alone (as in CI) the output names the network.
-        assert "removed " in out.stderr and f"kept " in out.stderr, out.stderr
+        assert "removed " in out.stderr and "kept " in out.stderr, out.stderr
         assert _leftovers(engine, dead_run) == []
         assert _leftovers(engine, live_run) == [f"network {live.name}"], "a live run's resources must be kept"
     finally:
