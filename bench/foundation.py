@@ -11,19 +11,10 @@ import argparse
 import statistics
 import time
 
-from harness.backends.docker import DockerBackend
+from benchlib import bench_testbed, percentile as _pct
 from harness.capture import capture
-from harness.docker_client import connect_docker
-from harness.images import ensure_peer_image
-from harness.runinfo import RunInfo
-from harness.topology import load_topology
 
 PORT = 6666
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _line(name: str, value: str, target: str) -> None:
@@ -36,15 +27,11 @@ def main() -> None:
     parser.add_argument("--s01", type=int, default=20, help="S01 repetitions on reused hosts")
     args = parser.parse_args()
 
-    client = connect_docker()
-    image = ensure_peer_image(client)
-    topology = load_topology()
-    backend = DockerBackend(client, topology, image, RunInfo.current())
-    try:
-        started = time.monotonic()
-        testbed = backend.create("bench")
+    started = time.monotonic()
+    with bench_testbed() as bench:
         bed_ready = time.monotonic() - started
-        host_ready = backend.host_ready_seconds
+        testbed = bench.testbed
+        host_ready = bench.backend.host_ready_seconds
         client_host, server_host = testbed["client"], testbed["server"]
 
         rtts = []
@@ -64,11 +51,9 @@ def main() -> None:
             wall = time.perf_counter() - t0
             walls.append(wall)
             overheads.append(wall - rec.elapsed)
-    finally:
-        backend.destroy()
 
-    print(f"netfault foundation benchmark (engine {client.version()['Version']}, image {image})")
-    _line("test bed ready (network + 2 hosts, parallel)", f"{bed_ready:.3f} s", "-")
+    print(f"netfault foundation benchmark (engine {bench.engine_version}, image {bench.image})")
+    _line("test bed ready (image check, network, 2 hosts)", f"{bed_ready:.3f} s", "-")
     for name, seconds in sorted(host_ready.items()):
         _line(f"host {name} ready (container + agent)", f"{seconds:.3f} s", "<= 1 s")
     _line(f"agent RPC round trip, median of {args.rpc}", f"{statistics.median(rtts) * 1e3:.3f} ms", "<= 5 ms")

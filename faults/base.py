@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from typing import Any, Self
+
+from harness import evidence
 
 
 class Fault(ABC):
@@ -31,6 +34,7 @@ class Fault(ABC):
         """One line: what the fault does, where, and with which parameters."""
 
     def apply(self) -> Self:
+        evidence.note_fault(self)
         try:
             self._apply()
         except BaseException:
@@ -54,3 +58,18 @@ class Fault(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.heal()
+
+
+def run_all(steps: Iterable[Callable[[], object]], error: type[Exception], what: str) -> None:
+    """Run every step even when some fail (a heal must undo all it can); then raise the one error as is, or
+    several as one `error` saying that `what` failed, with each message."""
+    errors = []
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - every step runs first, then all errors are raised
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise error(f"{what} failed {len(errors)} times:\n" + "\n".join(str(exc) for exc in errors)) from errors[0]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from . import evidence
 from .wire import Wire, parse_pcap
 
 if TYPE_CHECKING:
@@ -30,3 +31,4 @@ def capture(host: Host, bpf: str = "", iface: str = "eth0") -> Iterator[Wire]:
         wire.pcap = base64.b64decode(result["pcap"])
         wire.complete = result["drained"]
         wire.packets = parse_pcap(wire.pcap, host.realtime_minus_monotonic)
+        evidence.note_wire(wire)

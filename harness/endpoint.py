@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from . import evidence
 from .channel import AgentChannel
 from .records import CompletedRun, SendLoop, SyscallRecord
 
@@ -58,7 +59,12 @@ class Endpoint:
 
     def _request(self, op: str, convert: Callable[[dict[str, Any]], Any], background: bool, **args: Any) -> Any:
         future = self.channel.submit(op, proc=self.proc, **args)
-        return _then(future, convert) if background else convert(future.result())
+
+        def noted(result: dict[str, Any]) -> Any:
+            value = convert(result)
+            evidence.note_records(self.host, value)
+            return value
+        return _then(future, noted) if background else noted(future.result())
 
     # Sockets
 
@@ -192,6 +198,38 @@ class Endpoint:
         """Write sysctls; returns their previous values."""
         return self._request("sysctl_set", dict, background, values=dict(values))
 
+    def link_show(self, iface: str = "eth0", *, background: bool = False) -> dict[str, Any]:
+        """`iface`'s state: `up`, `operstate`, `addrs`, and the `routes` through it the kernel does not derive."""
+        return self._request("link_show", dict, background, iface=iface)
+
+    def link_set(self, iface: str, state: str, restore: Mapping[str, Any] | None = None, *,
+                 background: bool = False) -> dict[str, Any]:
+        """Set `iface` "up" or "down" (`before`: its state just before; in force at `t1`). With `restore` (a
+        `link_show` result), re-add its addresses and routes missing afterwards (listed in `restored`)."""
+        return self._request("link_set", dict, background, iface=iface, state=state,
+                             restore=None if restore is None else dict(restore))
+
+    def netem_add(self, iface: str, params: Mapping[str, Any], direction: str = "egress", *,
+                  background: bool = False) -> dict[str, Any]:
+        """Add a netem qdisc of its own (egress, or ingress via an ifb); the result is what `netem_del` needs."""
+        return self._request("netem_add", dict, background, iface=iface, params=dict(params), direction=direction)
+
+    def netem_del(self, iface: str, handle: int, ifb: str | None = None, txqlen: int | None = None, *,
+                  background: bool = False) -> dict[str, Any]:
+        """Delete what one `netem_add` created (pass its `handle`, `ifb`, `txqlen`), if still there; `deleted`
+        lists it."""
+        return self._request("netem_del", dict, background, iface=iface, handle=handle, ifb=ifb, txqlen=txqlen)
+
+    def delayline_start(self, name: str, params: Mapping[str, Any], timeout: float = 30.0, *,
+                        background: bool = False) -> dict[str, Any]:
+        """Start the NFQUEUE delay line (harness/agent/delayline.py) as spawned process `name`; returns once its
+        queue is bound: `queue`, `mark` (of its copies), `pid`, t0/t1. Stop it with `signal` and `wait`."""
+        return self._request("delayline_start", dict, background, name=name, params=dict(params), timeout=timeout)
+
+    def tc_features(self, *, background: bool = False) -> dict[str, str | None]:
+        """The kernel's tc features faults use: {"sch_netem": None or why missing, "ifb": ..., "ingress_redirect": ...}."""
+        return self._request("tc_features", lambda r: dict(r["features"]), background)
+
     def capture_start(self, iface: str = "eth0", filter: str = "", snaplen: int | None = None, *,
                       background: bool = False) -> str:
         """Start tcpdump; returns the capture id once tcpdump is listening."""
@@ -201,6 +239,20 @@ class Endpoint:
     def capture_stop(self, id: str, *, background: bool = False) -> bytes:
         """Stop a capture; returns the pcap file's bytes."""
         return self._request("capture_stop", lambda r: base64.b64decode(r["pcap"]), background, id=id)
+
+    def sampler_start(self, proto: str = "tcp", port: int | None = None, sport: int | None = None,
+                      dport: int | None = None, states: Sequence[str] | None = None, period_ms: float = 10.0,
+                      fields: bool = False, *, background: bool = False) -> dict[str, Any]:
+        """Start a socket-state sampler with `sockets`' filters (harness.sockets.sample wraps it); answers after
+        its first sample: `id`, `t`, and how many `sockets` it saw. `fields` also records queue and tcp_info
+        changes."""
+        return self._request("sampler_start", dict, background, proto=proto, port=port, sport=sport, dport=dport,
+                             states=None if states is None else list(states), period_ms=period_ms, fields=fields)
+
+    def sampler_stop(self, id: str, *, background: bool = False) -> dict[str, Any]:
+        """Stop a sampler: its `entries`, `samples`, `missed` ticks, interval/late/dump figures (ms), the thread's
+        `cpu_s`, and the `error` that ended it early (None if none)."""
+        return self._request("sampler_stop", dict, background, id=id)
 
     def reset(self, *, background: bool = False) -> dict[str, Any]:
         """Close every handle, kill workers and spawned processes, stop captures."""

@@ -15,3 +15,15 @@ class EngineUnavailable(NetfaultError):
 
 class SysctlError(NetfaultError):
     """A sysctl the kernel does not have, or one netfault cannot set per host."""
+
+
+class MissingCapability(NetfaultError):
+    """The kernel (or engine) lacks what a fault needs; the message is the exact reason, with what to do.
+
+    The pytest plugin turns it into a skip with that reason: never a silent no-op, never a faked fault.
+    """
+
+    def __init__(self, capability: str, reason: str) -> None:
+        super().__init__(reason)
+        self.capability = capability
+        self.reason = reason

@@ -14,13 +14,18 @@ from typing import Any
 
 import pytest
 
+from . import evidence
 from .backends.base import Backend, Host, Testbed
-from .errors import ConfigError, EngineUnavailable, NetfaultError
+from .errors import ConfigError, EngineUnavailable, MissingCapability, NetfaultError
+from .netstate import differences, snapshot
 from .runinfo import RunInfo
+from .timeline import Timeline
 from .topology import load_topology
 
 RUN_KEY = pytest.StashKey[RunInfo]()
 SYSCTLS_KEY = pytest.StashKey[dict]()
+BASELINE_KEY = pytest.StashKey[dict]()
+EVIDENCE_KEY = pytest.StashKey[evidence.Evidence]()
 _PAIR_PARAMS = {"sysctls"}
 
 
@@ -173,6 +178,10 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     request.node.stash[SYSCTLS_KEY] = wanted
     request.node.user_properties.append(("netfault.sysctls", json.dumps(wanted, sort_keys=True)))
     testbed: Testbed = request.getfixturevalue("netfault_testbed")
+    baselines = request.config.stash.setdefault(BASELINE_KEY, {})
+    for name, host in testbed.hosts.items():
+        if name not in baselines:
+            baselines[name] = snapshot(host)
     undo: list[tuple[Host, dict[str, str]]] = []
     try:
         for name, values in wanted.items():
@@ -181,15 +190,38 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     except NetfaultError as exc:
         _undo(testbed, undo)
         pytest.fail(str(exc), pytrace=False)
-    yield Pair(testbed["client"], testbed["server"], testbed)
+    with evidence.collecting() as collected:
+        request.node.stash[EVIDENCE_KEY] = collected
+        yield Pair(testbed["client"], testbed["server"], testbed)
     _undo(testbed, undo)
+    _check_nothing_left(testbed, baselines)
 
 
 def _undo(testbed: Testbed, undo: list[tuple[Host, dict[str, str]]]) -> None:
-    """Reset every agent, then restore sysctls in reverse order of setting."""
+    """Reset every agent and destroy the sockets the kernel still holds, then restore sysctls in reverse order
+    of setting."""
     testbed.reset()
+    for host in testbed.hosts.values():
+        left = host.destroy_sockets()
+        if left:
+            raise NetfaultError(f"ss -K (SOCK_DESTROY) left sockets on {host.name}: is the kernel built without "
+                                f"CONFIG_INET_DIAG_DESTROY? The next test would see them: {left}")
     for host, previous in reversed(undo):
         host.set_sysctls(previous)
+
+
+def _check_nothing_left(testbed: Testbed, baselines: dict[str, dict[str, Any]]) -> None:
+    """Fail the test's teardown if a host's rules, qdiscs, links, addresses or routes differ from before the
+    first test; such a host is rebooted (a new namespace) so that the next test starts clean."""
+    leaks = []
+    for name, host in testbed.hosts.items():
+        diff = differences(baselines[name], snapshot(host))
+        if diff:
+            leaks.append(f"{name}:\n{diff}")
+            host.restart()
+    if leaks:
+        pytest.fail("the test left network configuration behind (the host was rebooted for the next test):\n"
+                    + "\n".join(leaks), pytrace=False)
 
 
 @pytest.fixture
@@ -202,3 +234,25 @@ def client(pair: Pair) -> Host:
 def server(pair: Pair) -> Host:
     """The server host of `pair`."""
     return pair.server
+
+
+def _skip_on_missing_capability(item: pytest.Item) -> Iterator[None]:
+    """A fault the kernel cannot provide (MissingCapability) in a fixture or the test skips it with its reason."""
+    try:
+        return (yield)
+    except MissingCapability as exc:
+        pytest.skip(exc.reason)
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_skip_on_missing_capability)
+pytest_runtest_call = pytest_runtest_setup
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test that used the hosts gets its timeline (faults, syscalls, packets, states) in the report."""
+    report = yield
+    collected = item.stash.get(EVIDENCE_KEY, None)
+    if report.failed and call.when == "call" and collected is not None:
+        report.sections.append(("netfault timeline", Timeline.of(collected).render()))
+    return report

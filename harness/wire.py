@@ -33,7 +33,9 @@ class Packet:
 
     `t_real` is the capture timestamp (CLOCK_REALTIME); `t` the same instant on CLOCK_MONOTONIC, the clock of
     the agent's syscall records. ICMP errors carry the ports of the packet they quote in sport/dport (and the
-    quoted addresses in src/dst are those of the original packet) so they can be matched to a flow.
+    quoted addresses in quoted_src/quoted_dst are those of the original packet, with its TCP sequence number in
+    quoted_seq) so they can be matched to a flow. TCP options: `mss`, `wscale`, `sack_permitted`, `sack` (the
+    SACK blocks' left and right edges), `tsval`/`tsecr`; None or empty when absent.
     """
 
     t: float
@@ -53,16 +55,40 @@ class Packet:
     quoted_proto: str = ""
     quoted_src: str = ""
     quoted_dst: str = ""
+    quoted_seq: int | None = None
+    ip_id: int = 0
+    mss: int | None = None
+    wscale: int | None = None
+    sack_permitted: bool = False
+    sack: tuple[tuple[int, int], ...] = ()
+    tsval: int | None = None
+    tsecr: int | None = None
 
     def __str__(self) -> str:
         if self.proto == "tcp":
+            options = self.options()
             return (f"{self.src}.{self.sport} > {self.dst}.{self.dport}: Flags [{self.flags}], seq {self.seq}, "
-                    f"ack {self.ack}, win {self.win}, length {self.length}")
+                    f"ack {self.ack}, win {self.win}, length {self.length}"
+                    + (f", options [{','.join(options)}]" if options else ""))
         if self.proto == "icmp":
             quoted = (f" (quoting {self.quoted_proto} {self.quoted_src}.{self.sport} > {self.quoted_dst}.{self.dport})"
                       if self.quoted_proto else "")
             return f"{self.src} > {self.dst}: ICMP type {self.icmp_type} code {self.icmp_code}{quoted}"
         return f"{self.src}.{self.sport} > {self.dst}.{self.dport}: {self.proto.upper()}, length {self.length}"
+
+    def options(self, sack: tuple[tuple[int, int], ...] | None = None) -> list[str]:
+        """The TCP options present, in tcpdump's words ('mss 1460', 'sackOK', 'TS val 1 ecr 0', 'wscale 7').
+
+        `sack` replaces the packet's own SACK edges in the text (e.g. with relative ones).
+        """
+        sack = self.sack if sack is None else sack
+        return [text for present, text in (
+            (self.mss is not None, f"mss {self.mss}"),
+            (self.sack_permitted, "sackOK"),
+            (bool(sack), "sack " + " ".join(f"{left}:{right}" for left, right in sack)),
+            (self.tsval is not None, f"TS val {self.tsval} ecr {self.tsecr}"),
+            (self.wscale is not None, f"wscale {self.wscale}"),
+        ) if present]
 
     def between(self, a: tuple[str, int], b: tuple[str, int]) -> bool:
         """Whether this packet belongs to the flow between endpoints a and b (either direction)."""
@@ -97,8 +123,31 @@ def _icmp_packet(t: float, t_real: float, ip: dpkt.ip.IP, icmp: dpkt.icmp.ICMP) 
         }
         if len(body) >= 4:
             fields["sport"], fields["dport"] = int.from_bytes(body[0:2], "big"), int.from_bytes(body[2:4], "big")
+        if inner.p == dpkt.ip.IP_PROTO_TCP and len(body) >= 8:
+            fields["quoted_seq"] = int.from_bytes(body[4:8], "big")
     return Packet(t=t, t_real=t_real, proto="icmp", src=socket.inet_ntoa(ip.src), dst=socket.inet_ntoa(ip.dst),
-                  icmp_type=icmp.type, icmp_code=icmp.code, length=len(ip.data), **fields)
+                  icmp_type=icmp.type, icmp_code=icmp.code, length=len(ip.data), ip_id=ip.id, **fields)
+
+
+def _tcp_options(tcp: dpkt.tcp.TCP) -> dict:
+    """The options Packet carries, from the segment's option bytes (a malformed tail is left out, as dpkt does)."""
+    fields: dict = {}
+    for option in dpkt.tcp.parse_opts(tcp.opts):
+        if option is None:
+            break
+        kind, data = option
+        if kind == dpkt.tcp.TCP_OPT_MSS and len(data) == 2:
+            fields["mss"] = int.from_bytes(data, "big")
+        elif kind == dpkt.tcp.TCP_OPT_WSCALE and len(data) == 1:
+            fields["wscale"] = data[0]
+        elif kind == dpkt.tcp.TCP_OPT_SACKOK:
+            fields["sack_permitted"] = True
+        elif kind == dpkt.tcp.TCP_OPT_SACK:
+            fields["sack"] = tuple((int.from_bytes(data[i:i + 4], "big"), int.from_bytes(data[i + 4:i + 8], "big"))
+                                   for i in range(0, len(data) - 7, 8))
+        elif kind == dpkt.tcp.TCP_OPT_TIMESTAMP and len(data) == 8:
+            fields["tsval"], fields["tsecr"] = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big")
+    return fields
 
 
 def parse_pcap(data: bytes, realtime_minus_monotonic: float = 0.0) -> list[Packet]:
@@ -118,11 +167,12 @@ def parse_pcap(data: bytes, realtime_minus_monotonic: float = 0.0) -> list[Packe
             packets.append(Packet(
                 t=t, t_real=t_real, proto="tcp", src=src, dst=dst, sport=tcp.sport, dport=tcp.dport,
                 flags=tcp_flags(tcp.flags), seq=tcp.seq, ack=tcp.ack, length=len(tcp.data), win=tcp.win,
+                ip_id=ip.id, **_tcp_options(tcp),
             ))
         elif isinstance(ip.data, dpkt.udp.UDP):
             udp = ip.data
             packets.append(Packet(t=t, t_real=t_real, proto="udp", src=src, dst=dst, sport=udp.sport,
-                                  dport=udp.dport, length=len(udp.data)))
+                                  dport=udp.dport, length=len(udp.data), ip_id=ip.id))
         elif isinstance(ip.data, dpkt.icmp.ICMP):
             packets.append(_icmp_packet(t, t_real, ip, ip.data))
     return packets

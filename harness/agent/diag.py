@@ -11,11 +11,12 @@ What pyroute2 0.7.2 returns, and what this module does about it:
   tcp_info is reported as null (recv_q/send_q carry those numbers).
 - TIME_WAIT and SYN_RECV entries carry no INET_DIAG_INFO (tcp_info null), and inode 0; so do sockets not yet
   accepted (inode 0) even though they are ESTABLISHED.
+- `cookie` (the kernel's socket cookie) names a socket for its whole life: through accept, close (inode 0
+  again) and into TIME_WAIT, which inherits it.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -23,14 +24,9 @@ from typing import Any
 from pyroute2.netlink.diag import DiagSocket, inet_diag_msg
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import BadRequest
 from .records import clocks
+from .sockdiag import FAMILIES, PROTOCOLS, STATES, TIMERS, Query
 
-STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
-          7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
-TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}
-PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
-FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 _INET_DIAG_INFO = 2
 _INET_DIAG_CONG = 4
 _EXTENSIONS = (1 << (_INET_DIAG_INFO - 1)) | (1 << (_INET_DIAG_CONG - 1))
@@ -67,11 +63,7 @@ def snapshot(
     states: list[str] | None = None, handles: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """Sockets of the namespace (IPv4 and IPv6), filtered; `handles` names this process's own by inode."""
-    if proto not in PROTOCOLS:
-        raise BadRequest(f"argument 'proto' must be one of {', '.join(PROTOCOLS)}, not {proto!r}")
-    unknown = sorted(set(states or ()) - set(STATES.values()))
-    if unknown:
-        raise BadRequest(f"unknown state {unknown[0]!r} (argument 'states'); known: {', '.join(STATES.values())}")
+    query = Query(proto, port, sport, dport, None if states is None else tuple(states))
     start = clocks()
     try:
         with DiagSocket() as ds:
@@ -83,10 +75,7 @@ def snapshot(
         raise OSError(exc.code, f"sock_diag dump failed: {exc}") from exc
     end = clocks()
     entries = [_entry(proto, msg, handles or {}) for msg in messages]
-    selected = [e for e in entries
-                if (port is None or port in (e["sport"], e["dport"]))
-                and (sport is None or e["sport"] == sport) and (dport is None or e["dport"] == dport)
-                and (states is None or e["state"] in states)]
+    selected = [e for e in entries if query.keeps(e["state"], e["sport"], e["dport"])]
     return {"t": start["mono"], "t_real": start["real"], "t_end": end["mono"], "sockets": selected}
 
 
@@ -96,6 +85,7 @@ def _entry(proto: str, msg: Any, handles: Mapping[int, str]) -> dict[str, Any]:
         "proto": proto, "family": FAMILIES.get(msg["idiag_family"], str(msg["idiag_family"])), "state": state,
         "src": msg["idiag_src"], "sport": msg["idiag_sport"], "dst": msg["idiag_dst"], "dport": msg["idiag_dport"],
         "recv_q": msg["idiag_rqueue"], "send_q": msg["idiag_wqueue"], "inode": msg["idiag_inode"],
+        "cookie": msg["idiag_cookie"],
         "uid": msg["idiag_uid"], "timer": msg["idiag_timer"], "timer_name": TIMERS.get(msg["idiag_timer"]),
         "retrans": msg["idiag_retrans"], "expires_ms": msg["idiag_expires"],
         "handle": handles.get(msg["idiag_inode"]) if msg["idiag_inode"] else None,

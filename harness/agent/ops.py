@@ -10,12 +10,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import sysctl
+from . import delayline, link, sysctl, tc
 from .capture import Captures
 from .errors import BadRequest, ProcessDied
 from .handles import HandleTable
 from .procs import Children, run
 from .records import clocks
+from .sampler import Samplers
 from .sockets import SocketOps
 from .workers import SIGPIPE_MODES, Worker
 
@@ -42,6 +43,7 @@ class Agent:
         self.sockets = SocketOps(HandleTable(prefix=f"{name}:" if worker else ""))
         self.children = Children()
         self.captures = Captures()
+        self.samplers = Samplers(self.sockets.table.inodes)
 
     def ops(self) -> dict[str, Op]:
         s, c = self.sockets, self.children
@@ -54,6 +56,10 @@ class Agent:
             "spawn": c.spawn, "spawn_worker": self.spawn_worker, "signal": c.signal, "wait": c.wait, "run": run,
             "sysctl_get": sysctl.sysctl_get, "sysctl_set": sysctl.sysctl_set,
             "capture_start": self.captures.start, "capture_stop": self.captures.stop,
+            "sampler_start": self.samplers.start, "sampler_stop": self.samplers.stop,
+            "link_show": link.link_show, "link_set": link.link_set,
+            "netem_add": tc.netem_add, "netem_del": tc.netem_del, "tc_features": tc.tc_features,
+            "delayline_start": self.delayline_start,
         }
 
     def worker_named(self, name: str) -> Worker:
@@ -91,7 +97,12 @@ class Agent:
             raise
         return {"name": name, "pid": worker.popen.pid, "sigpipe": sigpipe, "info": info}
 
+    def delayline_start(self, name: str, params: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Start the NFQUEUE delay line (delayline.py) as child `name`; answers once its queue is bound."""
+        return delayline.start(self.children, name, params, timeout)
+
     def reset(self) -> dict[str, Any]:
-        """Close every handle, kill workers and spawned processes, stop captures."""
-        return {"captures": self.captures.stop_all(), "processes": self.children.stop_all(),
+        """Close every handle, kill workers and spawned processes, stop captures and samplers."""
+        return {"captures": self.captures.stop_all(), "samplers": self.samplers.stop_all(),
+                "processes": self.children.stop_all(),
                 **self.sockets.reset()}

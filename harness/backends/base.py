@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Any
 
 from ..channel import AgentChannel, BadRequest
 from ..endpoint import Endpoint
@@ -23,6 +24,37 @@ class HostDriver(ABC):
     def describe(self) -> str:
         """Where the host lives (container name and id, namespace path, ...)."""
 
+    @abstractmethod
+    def state(self) -> str:
+        """"running", "paused" or "exited" (the engine's word for anything else)."""
+
+    @abstractmethod
+    def pause(self) -> None:
+        """Freeze every process of the host; its kernel keeps answering (ACKs, buffers, RSTs)."""
+
+    @abstractmethod
+    def unpause(self) -> None:
+        """Thaw the processes `pause` froze."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """SIGKILL every process of the host at once; returns when it is down (its network namespace gone)."""
+
+    @abstractmethod
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; returns when the host is down."""
+
+    @abstractmethod
+    def start(self) -> AgentChannel:
+        """Boot a stopped host with the same address; returns a channel to a new agent in it.
+
+        Its network namespace is new: the topology's sysctls are back, run-time ones are gone.
+        """
+
+    @abstractmethod
+    def restart(self, timeout: float) -> AgentChannel:
+        """`stop(timeout)` then `start()` as one engine operation; returns the new agent's channel."""
+
 
 class Host(Endpoint):
     """A host of the test bed: its agent's main process (the Endpoint API), its address and its driver."""
@@ -37,6 +69,16 @@ class Host(Endpoint):
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.addr} {self.driver.describe()}>"
+
+    def destroy_sockets(self) -> list[dict[str, Any]]:
+        """Destroy the TCP sockets left on the host's address (orphans retransmitting, TIME_WAIT) with `ss -K`
+        (SOCK_DESTROY), so that a test starts without the previous one's; returns those left after it."""
+        self.run(["ss", "-K", "-t", "-a", "src", self.addr], timeout=30, check=True)
+        return [s for s in self.sockets() if s["src"] == self.addr]
+
+    def has_sysctl(self, key: str) -> bool:
+        """Whether the host's kernel has the sysctl `key` (some appeared in later kernels)."""
+        return self.run(["test", "-e", "/proc/sys/" + key.replace(".", "/")], timeout=30).returncode == 0
 
     def set_sysctls(self, values: Mapping[str, object]) -> dict[str, str]:
         """Set per-host sysctls now; returns the previous values (to restore them later).
@@ -59,6 +101,41 @@ class Host(Endpoint):
     @property
     def kernel_release(self) -> str:
         return str(self.info()["kernel"])
+
+    # The host itself (its container), not its agent. After a kill or stop the agent is gone: calls fail
+    # with ChannelClosed until `start`. `start` and `restart` return once the new agent answered.
+
+    def state(self) -> str:
+        """"running", "paused" or "exited"."""
+        return self.driver.state()
+
+    def pause(self) -> None:
+        """Freeze the host's processes (its agent too: it answers again after `unpause`)."""
+        self.driver.pause()
+
+    def unpause(self) -> None:
+        self.driver.unpause()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the host: a power cut for its sockets (the namespace is destroyed)."""
+        self.driver.kill()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut the host down (SIGTERM, SIGKILL after `timeout` seconds)."""
+        self.driver.stop(timeout)
+
+    def start(self) -> None:
+        """Boot the host again with its address; run-time sysctls are gone, the topology's are back."""
+        self._attach(self.driver.start())
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """A reboot: same address, new network namespace (no old sockets; peers get RST on their next use)."""
+        self._attach(self.driver.restart(timeout))
+
+    def _attach(self, channel: AgentChannel) -> None:
+        previous, self.channel = self.channel, channel
+        previous.close()
+        self.info()
 
 
 class Testbed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import threading
 import time
@@ -85,9 +86,38 @@ class DockerHostDriver(HostDriver):
                 self._sidecar = self.backend.start_sidecar(self.container_id, self.name)
         return self._sidecar.set(values)
 
-    def close(self) -> None:
-        if self._sidecar is not None:
-            self._sidecar.channel.close()
+    def state(self) -> str:
+        return str(self.backend.client.api.inspect_container(self.container_id)["State"]["Status"])
+
+    def pause(self) -> None:
+        self.backend.client.api.pause(self.container_id)
+
+    def unpause(self) -> None:
+        self.backend.client.api.unpause(self.container_id)
+
+    def kill(self) -> None:
+        api = self.backend.client.api
+        api.kill(self.container_id, signal="SIGKILL")
+        api.wait(self.container_id)
+
+    def stop(self, timeout: float) -> None:
+        self.backend.client.api.stop(self.container_id, timeout=math.ceil(timeout))
+
+    def start(self) -> AgentChannel:
+        self.backend.client.api.start(self.container_id)
+        return self._booted()
+
+    def restart(self, timeout: float) -> AgentChannel:
+        self.backend.client.api.restart(self.container_id, timeout=math.ceil(timeout))
+        return self._booted()
+
+    def _booted(self) -> AgentChannel:
+        """After a boot: a sidecar (if there was one) joins the new network namespace; a new agent channel."""
+        with self._lock:
+            if self._sidecar is not None:
+                self.backend.remove_sidecar(self._sidecar)
+                self._sidecar = self.backend.start_sidecar(self.container_id, self.name)
+        return self.backend.connect_agent(self.container_id, self.name)
 
 
 class DockerBackend(Backend):
@@ -184,9 +214,7 @@ class DockerBackend(Backend):
             api.start(container["Id"])
         except docker.errors.APIError as exc:
             raise _docker_sysctl_error(exc, spec, self.topology.source) from exc
-        channel = AgentChannel(DockerExecTransport(api, container["Id"], AGENT_CMD), name=spec.name)
-        with self._lock:
-            self._channels.append(channel)
+        channel = self.connect_agent(container["Id"], spec.name)
         driver = DockerHostDriver(self, container["Id"], name)
         with self._lock:
             self._drivers.append(driver)
@@ -194,6 +222,21 @@ class DockerBackend(Backend):
         host.info()
         self.host_ready_seconds[spec.name] = time.monotonic() - started
         return host
+
+    def connect_agent(self, container_id: str, name: str) -> AgentChannel:
+        """A new agent in the container (docker exec), closed by `destroy` at the latest."""
+        channel = AgentChannel(DockerExecTransport(self.client.api, container_id, AGENT_CMD), name=name)
+        with self._lock:
+            self._channels.append(channel)
+        return channel
+
+    def remove_sidecar(self, sidecar: _SysctlSidecar) -> None:
+        """Close a sidecar's agent and remove its container (after its host's namespace was replaced)."""
+        sidecar.channel.close()
+        self.client.api.remove_container(sidecar.id, force=True, v=True)
+        with self._lock:
+            self._containers.remove(sidecar.id)
+            self._channels.remove(sidecar.channel)
 
     def start_sidecar(self, target_id: str, host_name: str) -> _SysctlSidecar:
         sidecar = _SysctlSidecar(self.client, self.image, target_id, f"{host_name}-sysctl",

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from faults import LinkDown
 from harness.errors import SysctlError
 from harness.topology import load_topology
 
@@ -71,11 +72,8 @@ def test_a_sysctl_the_kernel_does_not_have_is_one_clear_error(pair):
 
 def test_control_channel_survives_the_test_network_going_down(pair):
     client = pair.client
-    client.run(["ip", "link", "set", "eth0", "down"], check=True)
-    try:
+    with LinkDown(client):
         assert client.info()["name"] == "client"
         refused = client.connect(addr=pair.server.addr, port=6666)
         assert refused.errname == "ENETUNREACH", refused
-    finally:
-        client.run(["ip", "link", "set", "eth0", "up"], check=True)
     assert client.connect(addr=pair.server.addr, port=6666).errname == "ECONNREFUSED"

@@ -1,0 +1,45 @@
+"""What the Linux TCP stack will do, computed from its sysctls: retransmission schedules and timer slack.
+
+Scenarios derive their expectations from the values read back from the host (never from `uname`), and
+their tolerances from the timer wheel's granularity, which is where a kernel timer's lateness comes from.
+"""
+
+from __future__ import annotations
+
+TCP_TIMEOUT_INIT = 1.0
+TCP_RTO_MIN = 0.2
+TCP_RTO_MAX = 120.0
+# The timer wheel (kernel/time/timer.c): level n has a granularity of 8**n jiffies and holds timeouts up to
+# 64 * 8**n jiffies; a timer fires at the first tick of its bucket, so it is late by less than that
+# granularity, never early. HZ is not visible from a container: take the worst of the common values.
+WHEEL_LEVEL_BITS = 6
+WHEEL_CLK_SHIFT = 3
+COMMON_HZ = (100, 250, 300, 1000)
+
+
+def wheel_slack(timeout: float) -> float:
+    """The most a kernel timer armed `timeout` seconds ahead fires late, over the common HZ values."""
+    worst = 0.0
+    for hz in COMMON_HZ:
+        jiffies = max(1, round(timeout * hz))
+        level = 0
+        while jiffies >= (1 << WHEEL_LEVEL_BITS) << (level * WHEEL_CLK_SHIFT):
+            level += 1
+        worst = max(worst, (1 << (level * WHEEL_CLK_SHIFT)) / hz)
+    return worst
+
+
+def syn_timeouts(syn_retries: int, linear_timeouts: int = 0) -> list[float]:
+    """The timeouts of a connect() whose SYNs go unanswered: before each retransmission, then before the give-up.
+
+    Linux >= 6.5 (tcp_retransmit_timer): the timeout doubles only after a retransmission whose backoff exceeds
+    `linear_timeouts`, so the first `linear_timeouts + 1` timeouts are TCP_TIMEOUT_INIT; connect() gives up
+    after `syn_retries + linear_timeouts` retransmissions (tcp_write_timeout), one timeout after the last.
+    `linear_timeouts=0` (and older kernels) is the classic 1, 2, 4, ... s schedule.
+    """
+    timeouts, rto = [], TCP_TIMEOUT_INIT
+    for n in range(1, syn_retries + linear_timeouts + 2):
+        timeouts.append(min(rto, TCP_RTO_MAX))
+        if n > linear_timeouts:
+            rto *= 2
+    return timeouts

@@ -1,0 +1,54 @@
+"""S02: a client connects to a host that never answers (its SYNs are dropped)."""
+
+from contextlib import ExitStack
+
+import pytest
+
+from faults import Drop, Sysctls
+from harness.capture import capture
+from harness.expect import expect_errno, expect_held, expect_schedule, schedule_bounds
+from harness.flows import tcp_flow
+from harness.kernel import syn_timeouts
+from harness.sockets import sample
+
+pytestmark = pytest.mark.faults
+
+PORT = 6666
+SYN_RETRIES = "net.ipv4.tcp_syn_retries"
+LINEAR = "net.ipv4.tcp_syn_linear_timeouts"
+PERIOD_MS = 10
+# The sampler sees a state change within one period (plus one dump, well under a millisecond); its longest
+# measured interval stays under 2 periods on the loaded 2-core machine (bench/sampler.py).
+SAMPLING = 2 * PERIOD_MS / 1000
+
+
+@pytest.mark.sysctls(client={SYN_RETRIES: 2})
+def test_s02_connect_to_a_silent_host_times_out_on_the_syn_schedule(pair):
+    """S02, seed experiment "客户端连接一个不可达的主机" (connect to a host that never answers).
+
+    The server's firewall drops the client's SYNs, so nothing answers: the client retransmits the SYN on the
+    kernel's schedule (1 then 2 s with tcp_syn_retries=2 and no linear timeouts) and connect() fails with
+    ETIMEDOUT one doubled timeout after the last SYN, about 7 s in. The client's socket sits in SYN_SENT all
+    along, then is gone; the server never holds a socket for the connection.
+    """
+    client, server = pair.client, pair.server
+    with ExitStack() as faults:
+        if client.has_sysctl(LINEAR):
+            faults.enter_context(Sysctls(client, {LINEAR: 0}))
+        faults.enter_context(Drop(server, protocol="tcp", dport=PORT))
+        settings = client.sysctl_get([SYN_RETRIES] + ([LINEAR] if client.has_sysctl(LINEAR) else []))
+        timeouts = syn_timeouts(int(settings[SYN_RETRIES]), int(settings.get(LINEAR, 0)))
+        with capture(client, f"tcp port {PORT}") as wire, \
+                sample(client, port=PORT, period_ms=PERIOD_MS) as states, \
+                sample(server, port=PORT, period_ms=PERIOD_MS) as server_states:
+            rec = client.connect(addr=server.addr, port=PORT)
+    flow = tcp_flow(wire, port=PORT)
+
+    low, high = schedule_bounds(timeouts)[-1]
+    expect_errno(rec, "ETIMEDOUT", between=(low, high))
+    expect_schedule(flow.syn_schedule(), timeouts[:-1], "SYN", flow=flow)
+    assert flow.kinds() == ["syn"] + ["syn-retransmission"] * (len(timeouts) - 1), flow
+
+    expect_held(states, "SYN_SENT", at_least=rec.elapsed - SAMPLING, at_most=rec.elapsed + SAMPLING)
+    assert [s.states for s in states.sockets] == [["SYN_SENT"]], states.table()
+    assert server_states.states_reached() == set(), server_states.table()
