@@ -19,7 +19,8 @@ def capture(host: Host, bpf: str = "", iface: str = "eth0") -> Iterator[Wire]:
     """Capture on `host` for the duration of the block; the Wire it yields is filled when the block ends.
 
     tcpdump is listening when the block starts (the agent waits for it), has written every packet the
-    kernel passed it when the block ends (`wire.complete`; the agent checks tcpdump's counters), and is
+    kernel passed it when the block ends and the kernel dropped none for want of buffer (`wire.complete`;
+    the agent checks tcpdump's counters), and is
     stopped even if the block raises, so a failing test keeps its evidence.
     """
     wire = Wire(host.name)
@@ -29,6 +30,6 @@ def capture(host: Host, bpf: str = "", iface: str = "eth0") -> Iterator[Wire]:
     finally:
         result = host.channel.call("capture_stop", proc=host.proc, id=capture_id)
         wire.pcap = base64.b64decode(result["pcap"])
-        wire.complete = result["drained"]
+        wire.complete = result["drained"] and result["dropped"] == 0
         wire.packets = parse_pcap(wire.pcap, host.realtime_minus_monotonic)
         evidence.note_wire(wire)

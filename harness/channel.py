@@ -223,12 +223,18 @@ class AgentChannel:
 
     def _read_answers(self) -> str | None:
         """Deliver answers until EOF (None) or a line that is not an answer (the reason to give up)."""
-        buffer = b""
+        # A long answer (a pcap) comes in many chunks: keep them in a list until its newline arrives, so that
+        # assembling it costs its length once, not once per chunk.
+        partial: list[bytes] = []
         for chunk in self.transport.chunks():
-            *lines, buffer = (buffer + chunk).split(b"\n")
-            for line in lines:
+            if b"\n" not in chunk:
+                partial.append(chunk)
+                continue
+            first, *lines, rest = chunk.split(b"\n")
+            for line in (b"".join(partial) + first, *lines):
                 if line.strip() and not self._deliver(line):
                     return f"the agent wrote a line that is not an answer: {line[:300]!r}"
+            partial = [rest]
         return None
 
     def _deliver(self, line: bytes) -> bool:

@@ -6,6 +6,8 @@ their tolerances from the timer wheel's granularity, which is where a kernel tim
 
 from __future__ import annotations
 
+import math
+
 TCP_TIMEOUT_INIT = 1.0
 TCP_RTO_MIN = 0.2
 TCP_RTO_MAX = 120.0
@@ -43,3 +45,17 @@ def syn_timeouts(syn_retries: int, linear_timeouts: int = 0) -> list[float]:
         if n > linear_timeouts:
             rto *= 2
     return timeouts
+
+
+def retries_budget(retries: int, rto_base: float = TCP_RTO_MIN) -> float:
+    """The time `tcp_retries2` (or `tcp_orphan_retries`) = `retries` allows (tcp_model_timeout): what
+    `retries` doubling timeouts from `rto_base` add up to, the doubling capped at TCP_RTO_MAX.
+
+    The kernel counts it from the first retransmission (retrans_stamp) and checks it only when the
+    retransmission timer fires: the connection fails at the first expiry at least this long after the first
+    retransmission, so later than `retries` would suggest.
+    """
+    threshold = int(math.log2(TCP_RTO_MAX / rto_base))
+    if retries <= threshold:
+        return ((2 << retries) - 1) * rto_base
+    return ((2 << threshold) - 1) * rto_base + (retries - threshold) * TCP_RTO_MAX

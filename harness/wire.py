@@ -207,7 +207,8 @@ class Wire:
 
     def table(self, since: float | None = None) -> str:
         """An aligned text table of the packets (times relative to `since`, or to the first packet)."""
-        note = "" if self.complete else f"\n(tcpdump on {self.host} did not drain: the last packets may be missing)"
+        note = "" if self.complete else (f"\n(the capture on {self.host} is incomplete: tcpdump did not drain, or the kernel "
+                                         "dropped packets for want of buffer)")
         if not self.packets:
             return f"(no packets captured on {self.host})" + note
         origin = self.packets[0].t if since is None else since
