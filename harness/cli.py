@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalogue import INDEX, scenario_files
+from .catalogue import index as catalogue_index
 from .docker_client import connect_docker
 from .errors import NetfaultError
 from .images import BASE_MODES, REPO_ROOT, ensure_peer_image
@@ -23,7 +25,6 @@ from .report import write_report
 from .runinfo import RUN_ID_ENV, new_run_id
 
 RESULTS_DIR = REPO_ROOT / "results"
-CATALOGUE_DIR = REPO_ROOT / "tests" / "faults"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -99,16 +100,22 @@ def reap_command(args: argparse.Namespace) -> int:
 
 @command("catalogue", "run the fault catalogue and write results/<run-id>/ with its report",
          arg("--results", type=Path, default=RESULTS_DIR, help=f"results directory (default: {RESULTS_DIR})"),
-         arg("pytest_args", nargs=argparse.REMAINDER, help="more pytest arguments, e.g. -k s01 or -n 2"))
+         arg("--workers", type=int, default=None,
+             help="parallel pytest-xdist workers, each with its own network and hosts (default: the CPU count, "
+                  "at most 4; 0 runs in this process)"),
+         arg("pytest_args", nargs=argparse.REMAINDER, help="more pytest arguments, e.g. -k s01"))
 def catalogue(args: argparse.Namespace) -> int:
-    """Run `pytest -m faults` over tests/faults (the scenario catalogue) with this run's id, write
-    <results>/<run-id>/junit.xml and report.md, and point <results>/latest at it. The exit status is
-    pytest's."""
+    """Run `pytest -m faults` over the scenario files tests/faults/test_sNN_*.py with this run's id, in
+    parallel, write <results>/<run-id>/junit.xml and report.md, and point <results>/latest at it. The exit
+    status is pytest's."""
+    workers = min(os.cpu_count() or 1, 4) if args.workers is None else args.workers
+    if workers < 0:
+        raise NetfaultError(f"--workers must be 0 (no xdist) or more, not {workers}")
     run_id = new_run_id()
     run_dir = args.results / run_id
     run_dir.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pytest", "-m", "faults", str(CATALOGUE_DIR), "-p", "no:cacheprovider",
-           f"--junitxml={run_dir / 'junit.xml'}", *args.pytest_args]
+    cmd = [sys.executable, "-m", "pytest", "-m", "faults", *map(str, scenario_files()), "-p", "no:cacheprovider",
+           f"--junitxml={run_dir / 'junit.xml'}", *(["-n", str(workers)] if workers else []), *args.pytest_args]
     _progress(f"run {run_id}: {' '.join(cmd)}")
     returncode = subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, RUN_ID_ENV: run_id})
     if not (run_dir / "junit.xml").exists():
@@ -119,6 +126,24 @@ def catalogue(args: argparse.Namespace) -> int:
     latest.symlink_to(run_id)
     _progress(f"report: {report}")
     return returncode
+
+
+@command("scenarios", "write docs/scenarios.md, the catalogue's index, from the scenario tests",
+         arg("--check", action="store_true", help="only check that docs/scenarios.md is up to date (exit 1 if not)"))
+def scenarios(args: argparse.Namespace) -> int:
+    """Generate the human index of the catalogue from each tests/faults/test_sNN_*.py: its SCENARIO dict
+    (id, title, fault, linux, expect, lesson) and its tests' docstrings."""
+    text = catalogue_index()
+    if args.check:
+        current = INDEX.read_text() if INDEX.exists() else ""
+        if current != text:
+            _progress(f"{INDEX} is out of date: run `netfault scenarios`")
+            return 1
+        _progress(f"{INDEX} is up to date")
+        return 0
+    INDEX.write_text(text)
+    _progress(f"wrote {INDEX} ({len(scenario_files())} scenarios)")
+    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -59,3 +59,13 @@ def retries_budget(retries: int, rto_base: float = TCP_RTO_MIN) -> float:
     if retries <= threshold:
         return ((2 << retries) - 1) * rto_base
     return ((2 << threshold) - 1) * rto_base + (retries - threshold) * TCP_RTO_MAX
+
+
+def giveup_after(rto: float, retries: int) -> float:
+    """Seconds from a segment's first transmission until the kernel gives up on it, nominally: the timer
+    fires at rto * (2^k - 1), and the first expiry at least `retries_budget(retries)` after the first
+    retransmission (at rto) ends the connection."""
+    budget, k = retries_budget(retries), 2
+    while rto * (2**k - 2) < budget:
+        k += 1
+    return rto * (2**k - 1)

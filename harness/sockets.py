@@ -285,6 +285,18 @@ def wait_for(host: Endpoint, state: str, *, proto: str = "tcp", port: int | None
     return found
 
 
+def wait_acked(host: Endpoint, *, port: int, timeout: float = 5.0, poll: float = WAIT_POLL) -> list[Entry]:
+    """Poll `host.sockets` until its TCP sockets on `port` have nothing unacknowledged (Send-Q 0, not LISTEN)."""
+    for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_fixed(poll),
+                                     retry=tenacity.retry_if_exception_type(StateNotReached), reraise=True):
+        with attempt:
+            snapshot = [e for e in host.sockets(port=port) if e["state"] != "LISTEN"]
+            if not snapshot or any(e["send_q"] for e in snapshot):
+                raise StateNotReached(f"{host.host}: data on port {port} still unacknowledged after {timeout} s:\n"
+                                      f"{format_sockets(snapshot)}", snapshot)
+    return snapshot
+
+
 def format_sockets(entries: list[Entry]) -> str:
     """Socket entries (a snapshot, or sampler entries) as an aligned table, like `ss -tanoi`."""
     if not entries:

@@ -13,6 +13,18 @@ from harness.sockets import sample
 
 pytestmark = pytest.mark.faults
 
+SCENARIO = {
+    "id": "S02",
+    "title": "Connect to a host that never answers",
+    "fault": "Drop of the SYNs on the server (its firewall), so nothing answers",
+    "linux": "The SYN is retransmitted 1, 2, 4, ... s apart (the first tcp_syn_linear_timeouts + 1 timeouts 1 s "
+             "on Linux >= 6.5), tcp_syn_retries + linear times; the socket stays in SYN_SENT.",
+    "expect": "ETIMEDOUT one doubled timeout after the last SYN: about 7 s with tcp_syn_retries=2 and no linear "
+              "timeouts; about 130 s with the defaults (6 retries) before 6.5.",
+    "lesson": "A blocking connect() to a silent host can hang for minutes: use a non-blocking connect with your "
+              "own deadline, or TCP_SYNCNT / TCP_USER_TIMEOUT on the socket.",
+}
+
 PORT = 6666
 SYN_RETRIES = "net.ipv4.tcp_syn_retries"
 LINEAR = "net.ipv4.tcp_syn_linear_timeouts"
@@ -23,7 +35,7 @@ SAMPLING = 2 * PERIOD_MS / 1000
 
 
 @pytest.mark.sysctls(client={SYN_RETRIES: 2})
-def test_s02_connect_to_a_silent_host_times_out_on_the_syn_schedule(pair):
+def test_s02_connect_to_a_silent_host_times_out_on_the_syn_schedule(pair, record_property):
     """S02, seed experiment "客户端连接一个不可达的主机" (connect to a host that never answers).
 
     The server's firewall drops the client's SYNs, so nothing answers: the client retransmits the SYN on the
@@ -38,6 +50,7 @@ def test_s02_connect_to_a_silent_host_times_out_on_the_syn_schedule(pair):
         faults.enter_context(Drop(server, protocol="tcp", dport=PORT))
         settings = client.sysctl_get([SYN_RETRIES] + ([LINEAR] if client.has_sysctl(LINEAR) else []))
         timeouts = syn_timeouts(int(settings[SYN_RETRIES]), int(settings.get(LINEAR, 0)))
+        record_property("kernel_wait", sum(timeouts))
         with capture(client, f"tcp port {PORT}") as wire, \
                 sample(client, port=PORT, period_ms=PERIOD_MS) as states, \
                 sample(server, port=PORT, period_ms=PERIOD_MS) as server_states:

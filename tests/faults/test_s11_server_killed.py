@@ -8,6 +8,17 @@ from harness.capture import capture
 
 pytestmark = pytest.mark.faults
 
+SCENARIO = {
+    "id": "S11",
+    "title": "Server process killed while the client is idle",
+    "fault": "SIGKILL of the server process (its host stays up)",
+    "linux": "The dying process's kernel closes its socket like close(): a FIN reaches the client; the server's "
+             "orphan waits in FIN_WAIT2 for tcp_fin_timeout.",
+    "expect": "The client's recv() returns 0 (EOF) at once; client CLOSE_WAIT until it closes; the server's "
+              "FIN_WAIT2 orphan disappears after tcp_fin_timeout (60 s by default).",
+    "lesson": "recv() returning 0 is the peer going away: close the socket, or CLOSE_WAIT sockets pile up.",
+}
+
 PORT = 6666
 FIN_TIMEOUT = 3
 # Orphaned FIN_WAIT2 sockets live tcp_fin_timeout seconds on a kernel timer. Timers of a few seconds sit in
@@ -40,7 +51,7 @@ def _one(sockets: list[dict], **match) -> dict:
 
 
 @pytest.mark.sysctls(server={"net.ipv4.tcp_fin_timeout": FIN_TIMEOUT})
-def test_s11_server_killed_client_idle_sees_eof(pair):
+def test_s11_server_killed_client_idle_sees_eof(pair, record_property):
     """S11, seed experiment "server进程崩溃" (server process crashes, client connected but idle).
 
     When the server process dies its kernel closes the socket like close() would: a FIN reaches the client,
@@ -48,6 +59,7 @@ def test_s11_server_killed_client_idle_sees_eof(pair):
     socket waits in FIN_WAIT2 for the client's FIN and disappears after tcp_fin_timeout.
     """
     client, server = pair.client, pair.server
+    record_property("kernel_wait", FIN_TIMEOUT)
     proc = server.spawn_worker("server-process")
     listener = proc.listen(port=PORT, accept=True)
     assert listener.ok, listener
