@@ -31,5 +31,8 @@ def capture(host: Host, bpf: str = "", iface: str = "eth0") -> Iterator[Wire]:
         result = host.channel.call("capture_stop", proc=host.proc, id=capture_id)
         wire.pcap = base64.b64decode(result["pcap"])
         wire.complete = result["drained"] and result["dropped"] == 0
+        if not wire.complete:
+            wire.incomplete_because = (f"drained {result['drained']}, dropped by kernel {result['dropped']}; "
+                                       f"tcpdump said: {result['stderr'][-300:]!r}")
         wire.packets = parse_pcap(wire.pcap, host.realtime_minus_monotonic)
         evidence.note_wire(wire)

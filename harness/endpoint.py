@@ -118,6 +118,12 @@ class Endpoint:
         return self._request("connect", _record, background, addr=addr, port=port, handle=handle, type=type,
                              options=_opt(options), nonblocking=nonblocking, select_timeout=select_timeout)
 
+    def select(self, handle: str, read: bool = False, write: bool = False, timeout: float | None = None, *,
+               background: bool = False) -> SyscallRecord:
+        """select() on `handle` for reading and/or writing, up to `timeout` seconds (None: no limit);
+        `extra["readable"]`, `extra["writable"]` (both false: the timeout expired)."""
+        return self._request("select", _record, background, handle=handle, read=read, write=write, timeout=timeout)
+
     def send(self, handle: str, size: int | None = None, data: bytes | None = None, count: int | None = 1,
              interval: float = 0.0, duration: float | None = None, flags: Sequence[str] | None = None,
              nonblocking: bool = False, addr: str | None = None, port: int | None = None, *,

@@ -65,25 +65,29 @@ def reap(
     `run_id` limits the reap to one run (alive or not); `everything` removes every labelled resource.
     """
     report = ReapReport()
-    for container in client.containers.list(all=True, filters={"label": LABEL_RUN}):
-        if _is_dead(container.labels, report, everything, run_id):
-            progress(f"removing container {container.name} (run {container.labels.get(LABEL_RUN)})")
-            try:
-                container.remove(force=True, v=True)
-            except docker.errors.APIError as exc:
-                if _gone_or_going(exc):
-                    continue
-                raise
-            report.containers.append(container.name)
-    for network in client.networks.list(filters={"label": LABEL_RUN}):
-        labels = network.attrs.get("Labels") or {}
+    api = client.api
+    # The low-level listings carry the labels: no inspect per resource, which another session's reaper or
+    # teardown could make fail by removing the resource in between.
+    for container in api.containers(all=True, filters={"label": LABEL_RUN}):
+        labels, name = container.get("Labels") or {}, container["Names"][0].lstrip("/")
         if _is_dead(labels, report, everything, run_id):
-            progress(f"removing network {network.name} (run {labels.get(LABEL_RUN)})")
+            progress(f"removing container {name} (run {labels.get(LABEL_RUN)})")
             try:
-                network.remove()
+                api.remove_container(container["Id"], force=True, v=True)
             except docker.errors.APIError as exc:
                 if _gone_or_going(exc):
                     continue
                 raise
-            report.networks.append(network.name)
+            report.containers.append(name)
+    for network in api.networks(filters={"label": LABEL_RUN}):
+        labels = network.get("Labels") or {}
+        if _is_dead(labels, report, everything, run_id):
+            progress(f"removing network {network['Name']} (run {labels.get(LABEL_RUN)})")
+            try:
+                api.remove_network(network["Id"])
+            except docker.errors.APIError as exc:
+                if _gone_or_going(exc):
+                    continue
+                raise
+            report.networks.append(network["Name"])
     return report

@@ -186,6 +186,7 @@ class Wire:
         self.packets: list[Packet] = list(packets)
         self.pcap = b""
         self.complete = True
+        self.incomplete_because = ""
 
     def __iter__(self):
         return iter(self.packets)
@@ -207,8 +208,8 @@ class Wire:
 
     def table(self, since: float | None = None) -> str:
         """An aligned text table of the packets (times relative to `since`, or to the first packet)."""
-        note = "" if self.complete else (f"\n(the capture on {self.host} is incomplete: tcpdump did not drain, or the kernel "
-                                         "dropped packets for want of buffer)")
+        note = "" if self.complete else (f"\n(the capture on {self.host} is incomplete: tcpdump did not drain, or the "
+                                         f"kernel dropped packets for want of buffer: {self.incomplete_because})")
         if not self.packets:
             return f"(no packets captured on {self.host})" + note
         origin = self.packets[0].t if since is None else since

@@ -51,7 +51,7 @@ class Agent:
             "info": self.info, "reset": self.reset,
             "socket": s.socket, "setsockopt": s.setsockopt, "getsockopt": s.getsockopt, "bind": s.bind,
             "listen": s.listen, "accept": s.accept, "accepted": s.accepted, "connect": s.connect,
-            "send": s.send, "recv": s.recv, "shutdown": s.shutdown, "close": s.close,
+            "select": s.select, "send": s.send, "recv": s.recv, "shutdown": s.shutdown, "close": s.close,
             "sockets": self.snapshot,
             "spawn": c.spawn, "spawn_worker": self.spawn_worker, "signal": c.signal, "wait": c.wait, "run": run,
             "sysctl_get": sysctl.sysctl_get, "sysctl_set": sysctl.sysctl_set,

@@ -189,6 +189,21 @@ class SocketOps:
             result.update(select=selected, so_error=get_option(sock, handle, "so_error"))
         return result
 
+    def select(self, handle: str, read: bool = False, write: bool = False,
+               timeout: float | None = None) -> dict[str, Any]:
+        """select() on one socket for readability and/or writability, for up to `timeout` seconds (None: no
+        limit); `readable` and `writable` say which it became (both false when the timeout expired)."""
+        if not (read or write):
+            raise BadRequest("select needs read=true, write=true or both")
+        if timeout is not None and timeout < 0:
+            raise BadRequest(f"argument 'timeout' must be >= 0 or null (no limit), not {timeout}")
+        sock = self.table.get(handle)
+        record, ready = timed("select", handle, lambda: select.select([sock] if read else [], [sock] if write else [],
+                                                                      [], timeout),
+                              ret=lambda v: len(v[0]) + len(v[1]))
+        return {**record, "timeout": timeout, "readable": bool(ready and ready[0]),
+                "writable": bool(ready and ready[1])}
+
     def send(
         self, handle: str, size: int | None = None, data: str | None = None, count: int | None = 1,
         interval: float = 0.0, duration: float | None = None, flags: list[str] | None = None,

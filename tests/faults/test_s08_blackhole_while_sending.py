@@ -2,11 +2,11 @@
 
 import pytest
 
-from faults import Drop
+from faults import Drop, Reject
 from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, expect_schedule
 from harness.flows import tcp_flow
-from harness.kernel import giveup_after, retries_budget, wheel_slack
+from harness.kernel import COMMON_HZ, TCP_RTO_MIN, giveup_after, retries_budget, wheel_slack
 from harness.sockets import sample, wait_acked
 
 pytestmark = pytest.mark.faults
@@ -18,7 +18,9 @@ SCENARIO = {
     "linux": "send() keeps succeeding (it only queues); the first unacknowledged segment is retransmitted with a "
              "doubling RTO until the tcp_retries2 time budget, counted from the first retransmission, is spent.",
     "expect": "ETIMEDOUT on the next call at the first RTO expiry past 0.2 s x (2^(N+1) - 1) after the first "
-              "retransmission: about 6.3 s with tcp_retries2=3, 924.6 s budget (15.4 min) with the default 15.",
+              "retransmission: about 6.3 s with tcp_retries2=3, 924.6 s budget (15.4 min) with the default 15. "
+              "With ICMP host-unreachable from the path: EHOSTUNREACH about one RTO after the budget, the RTO "
+              "not doubling (each ICMP undoes a backoff step, RFC 6069).",
     "lesson": "A successful send() proves nothing about delivery: bound the wait with TCP_USER_TIMEOUT or an "
               "application-level acknowledgement or heartbeat, not with tcp_retries2's defaults.",
 }
@@ -32,6 +34,9 @@ GRAIN = 0.001 + CLOCK_ALIGNMENT
 PERIOD_MS = 10
 SAMPLING = 2 * PERIOD_MS / 1000
 SENDS, SEND_INTERVAL = 10, 0.1
+# A timer re-armed for "RTO minus the time since the retransmission" (the RFC 6069 revert) counts whole jiffies,
+# the elapsed part rounded up: it can fire up to one jiffy early, at most 10 ms over the common HZ values.
+TICK = 1 / min(COMMON_HZ)
 
 
 @pytest.mark.sysctls(client={RETRIES2: 3, "net.ipv4.tcp_early_retrans": 0})
@@ -91,3 +96,69 @@ def test_s08_sending_into_a_blackhole_times_out_per_tcp_retries2(pair, record_pr
     assert established is not None and established.end is not None, states.table()
     assert abs(established.end - rec.t1) <= SAMPLING, states.table()
     assert len(on_server) == 1, f"the server heard nothing and keeps its connection: {on_server}"
+
+
+@pytest.mark.sysctls(client={RETRIES2: 3, "net.ipv4.tcp_early_retrans": 0})
+def test_s08_with_icmp_host_unreachable_from_the_path_fails_with_ehostunreach(pair, record_property):
+    """S08 variant, seed experiment "网络断开, 客户端在发送数据" with an ICMP error from the path: "send 返回-1,
+    errno = EHOSTUNREACH" (the sender gets "host unreachable" instead of a timeout).
+
+    The server's firewall answers every packet from the client with ICMP host-unreachable. On an ESTABLISHED
+    connection that is a soft error: the kernel stores it and keeps retransmitting, and every send() still
+    succeeds. Each ICMP answering a retransmission of the head segment also undoes one RTO backoff (RFC 6069),
+    so the retransmissions keep the base RTO instead of doubling. The tcp_retries2 budget (0.2 s x (2^4 - 1) =
+    3.0 s with tcp_retries2=3, from the first retransmission) still ends the connection, at the first expiry
+    past it, and the blocked recv() gets the stored EHOSTUNREACH instead of ETIMEDOUT.
+    """
+    client, server = pair.client, pair.server
+    retries2 = int(client.sysctl_get([RETRIES2])[RETRIES2])
+    budget = retries_budget(retries2)
+    # Nominally a retransmission every TCP_RTO_MIN; the first expiry at least `budget` after the first one fails.
+    steps = 1
+    while steps * TCP_RTO_MIN < budget:
+        steps += 1
+    record_property("kernel_wait", (steps + 1) * TCP_RTO_MIN)
+    listener = server.listen(port=PORT, accept=True)
+    conn = client.connect(addr=server.addr, port=PORT)
+    assert listener.ok and conn.ok, (listener, conn)
+    handle = conn.handle
+    assert client.send(handle, size=1000).ok
+    wait_acked(client, port=PORT)
+    with capture(client, f"tcp port {PORT} or icmp") as wire, \
+            sample(client, port=PORT, period_ms=PERIOD_MS, fields=True) as states:
+        with Reject(server, "icmp-host-unreachable", direction="in", peer=client):
+            sends = client.send(handle, size=1000, count=SENDS, interval=SEND_INTERVAL)
+            rec = client.recv(handle, timeout=60)
+        on_server = server.sockets(port=PORT, states=["ESTABLISHED"])
+    flow = tcp_flow(wire, port=PORT)
+
+    assert [s.ret for s in sends] == [1000] * SENDS, sends
+    expect_errno(rec, "EHOSTUNREACH")
+
+    times = flow.data_schedule(0)
+    retransmissions = times.times[1:]
+    assert len(retransmissions) >= 2, flow
+    head = flow.of("data", from_client=True)[0].seq
+    answers = [e for e in flow.icmp if e.quotes_client and e.seq == head]
+    assert [e.name for e in answers] == ["host-unreachable"] * len(times), (
+        f"an ICMP host-unreachable for each transmission of the head segment\n{flow.render(since=times.times[0])}")
+    rto = next(e["tcp_info"]["rto_us"] for e in reversed(states.to_json())
+               if e.get("tcp_info") and e["t"] <= times.times[0] and e["tcp_info"]["backoff"] == 0) / 1e6
+    step = (rto - TICK - CLOCK_ALIGNMENT, rto + wheel_slack(rto) + SOFTIRQ_AND_WAKEUP + CLOCK_ALIGNMENT)
+    doubled = [i for i in times.intervals if not step[0] <= i <= step[1]]
+    assert not doubled, (f"intervals {doubled} outside {step[0]:.4f} .. {step[1]:.4f} s: the ICMP errors should "
+                         f"keep the RTO at its base {rto:.3f} s\n{flow.render(since=times.times[0])}")
+
+    first = retransmissions[0]
+    assert retransmissions[-1] - first < budget + GRAIN, (
+        f"a retransmission past the {budget} s budget of tcp_retries2={retries2}\n{flow}")
+    assert retransmissions[-1] + step[1] - first >= budget - GRAIN, (
+        f"the connection failed an RTO or more past the budget\n{flow.render(since=times.times[0])}")
+    assert retransmissions[-1] + step[0] <= rec.t1 <= retransmissions[-1] + step[1], (
+        f"EHOSTUNREACH at +{rec.t1 - times.times[0]:.4f} s, expected one RTO after the last retransmission "
+        f"(+{retransmissions[-1] + rto - times.times[0]:.4f} s)\n{flow.render(since=times.times[0])}")
+
+    established = states.first("ESTABLISHED")
+    assert established is not None and established.end is not None, states.table()
+    assert abs(established.end - rec.t1) <= SAMPLING, states.table()
+    assert len(on_server) == 1, f"the server's kernel rejected everything and keeps its connection: {on_server}"

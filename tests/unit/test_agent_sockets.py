@@ -7,6 +7,7 @@ import time
 import pytest
 from agent_helpers import LOOPBACK, free_port, wait_until
 
+from harness.channel import BadRequest
 from harness.endpoint import Endpoint
 from harness.records import SendLoop
 
@@ -187,3 +188,26 @@ def test_reset_closes_handles_and_wakes_blocked_calls(agent: Endpoint) -> None:
     assert sorted(result["closed"]) == sorted([listener["handle"], client, server])
     assert pending.result(timeout=5).ret == 0  # shutdown() woke the blocked recv with EOF
     assert agent.sockets(port=port, states=["LISTEN", "ESTABLISHED"]) == []
+
+
+def test_select_waits_for_readability_and_times_out(agent: Endpoint) -> None:
+    client, server, _ = connected_pair(agent)
+    writable = agent.select(client, write=True, timeout=2)
+    assert (writable.op, writable.ret) == ("select", 1)
+    assert (writable.extra["writable"], writable.extra["readable"]) == (True, False)
+    assert writable.elapsed < 1
+
+    silent = agent.select(client, read=True, timeout=0.3)
+    assert (silent.ret, silent.extra["readable"], silent.extra["writable"]) == (0, False, False)
+    assert 0.3 <= silent.elapsed < 0.3 + LATE
+
+    pending = agent.select(client, read=True, background=True)
+    assert agent.send(server, size=5).ok
+    readable = pending.result(timeout=5)
+    assert (readable.ret, readable.extra["readable"], readable.extra["timeout"]) == (1, True, None)
+
+
+def test_select_needs_a_direction(agent: Endpoint) -> None:
+    client, _, _ = connected_pair(agent)
+    with pytest.raises(BadRequest, match="read=true, write=true or both"):
+        agent.select(client, timeout=1)
