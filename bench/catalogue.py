@@ -29,12 +29,13 @@ def run(workers: int, junit: Path) -> tuple[float, int]:
     return time.monotonic() - started, returncode
 
 
-def tests_of(junit: Path) -> list[tuple[str, float, float | None]]:
-    """(test id, duration, kernel_wait or None) of every test case in a JUnit file."""
+def tests_of(junit: Path) -> list[tuple[str, float, float | None, str | None]]:
+    """(test id, duration, kernel_wait or None, failure message or None) of every test case in a JUnit file."""
     found = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         wait = next((float(p.get("value")) for p in case.iter("property") if p.get("name") == "kernel_wait"), None)
-        found.append((f"{case.get('classname')}::{case.get('name')}", float(case.get("time")), wait))
+        failure = next((f"{f.tag}: {f.get('message', '')[:300]}" for f in case if f.tag in ("failure", "error")), None)
+        found.append((f"{case.get('classname')}::{case.get('name')}", float(case.get("time")), wait, failure))
     return found
 
 
@@ -48,15 +49,18 @@ def main() -> None:
             junit = Path(tmp) / f"run{n}.xml"
             wall, returncode = run(args.workers, junit)
             tests = tests_of(junit)
-            waits = [w for _, _, w in tests if w is not None]
+            waits = [w for _, _, w, _ in tests if w is not None]
             bound = sum(waits) / max(1, args.workers)
             print(f"run {n}: exit {returncode}, {len(tests)} tests ({len(waits)} with kernel_wait), wall {wall:.1f} s; "
                   f"sum(kernel_wait) {sum(waits):.1f} s / {max(1, args.workers)} workers = {bound:.1f} s; "
                   f"ratio {wall / bound if bound else float('inf'):.2f} (target <= 1.5)", flush=True)
             slowest = sorted(tests, key=lambda t: t[1], reverse=True)[:5]
-            for name, duration, wait in slowest:
+            for name, duration, wait, _ in slowest:
                 print(f"    {duration:6.1f} s  kernel_wait {'-' if wait is None else f'{wait:.1f}'} s  {name}")
-            missing = [name for name, _, wait in tests if wait is None]
+            for name, _, _, failure in tests:
+                if failure is not None:
+                    print(f"    FAILED {name}: {failure}")
+            missing = [name for name, _, wait, _ in tests if wait is None]
             if missing:
                 print(f"    without kernel_wait: {', '.join(missing)}")
 
