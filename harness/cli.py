@@ -22,6 +22,7 @@ from .errors import NetfaultError
 from .images import BASE_MODES, REPO_ROOT, ensure_peer_image
 from .reaper import reap
 from .report import write_report
+from .results import point_latest
 from .runinfo import RUN_ID_ENV, new_run_id
 
 RESULTS_DIR = REPO_ROOT / "results"
@@ -106,24 +107,24 @@ def reap_command(args: argparse.Namespace) -> int:
          arg("pytest_args", nargs=argparse.REMAINDER, help="more pytest arguments, e.g. -k s01"))
 def catalogue(args: argparse.Namespace) -> int:
     """Run `pytest -m faults` over the scenario files tests/faults/test_sNN_*.py with this run's id, in
-    parallel, write <results>/<run-id>/junit.xml and report.md, and point <results>/latest at it. The exit
-    status is pytest's."""
+    parallel, write <results>/<run-id>/ (manifest.json, an evidence bundle per test under tests/, junit.xml
+    and report.md; see results/README.md), and point <results>/latest at it. The exit status is pytest's."""
     workers = min(os.cpu_count() or 1, 4) if args.workers is None else args.workers
     if workers < 0:
         raise NetfaultError(f"--workers must be 0 (no xdist) or more, not {workers}")
     run_id = new_run_id()
-    run_dir = args.results / run_id
+    results = args.results.resolve()
+    run_dir = results / run_id
     run_dir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pytest", "-m", "faults", *map(str, scenario_files()), "-p", "no:cacheprovider",
-           f"--junitxml={run_dir / 'junit.xml'}", *(["-n", str(workers)] if workers else []), *args.pytest_args]
+           f"--junitxml={run_dir / 'junit.xml'}", f"--netfault-results={results}",
+           *(["-n", str(workers)] if workers else []), *args.pytest_args]
     _progress(f"run {run_id}: {' '.join(cmd)}")
     returncode = subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, RUN_ID_ENV: run_id})
     if not (run_dir / "junit.xml").exists():
         raise NetfaultError(f"pytest (exit status {returncode}) wrote no {run_dir / 'junit.xml'}: see its output above")
     report = write_report(run_dir, run_id, returncode)
-    latest = args.results / "latest"
-    latest.unlink(missing_ok=True)
-    latest.symlink_to(run_id)
+    point_latest(results, run_id)
     _progress(f"report: {report}")
     return returncode
 

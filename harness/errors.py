@@ -27,3 +27,7 @@ class MissingCapability(NetfaultError):
         super().__init__(reason)
         self.capability = capability
         self.reason = reason
+
+
+class ResultsError(NetfaultError):
+    """A results directory that cannot be read: missing, half-written, malformed, or from an incompatible version."""

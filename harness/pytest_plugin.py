@@ -18,6 +18,7 @@ from . import evidence
 from .backends.base import Backend, Host, Testbed
 from .errors import ConfigError, EngineUnavailable, MissingCapability, NetfaultError
 from .netstate import differences, snapshot
+from .results_plugin import ResultsRecorder
 from .runinfo import RunInfo
 from .timeline import Timeline
 from .topology import load_topology
@@ -26,6 +27,9 @@ RUN_KEY = pytest.StashKey[RunInfo]()
 SYSCTLS_KEY = pytest.StashKey[dict]()
 BASELINE_KEY = pytest.StashKey[dict]()
 EVIDENCE_KEY = pytest.StashKey[evidence.Evidence]()
+HOSTS_KEY = pytest.StashKey[dict]()
+REPORTS_KEY = pytest.StashKey[dict]()
+RESULTS_KEY = pytest.StashKey[ResultsRecorder]()
 _PAIR_PARAMS = {"sysctls"}
 
 
@@ -50,8 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--netfault-image", default=None,
                     help="peer image for hosts (default: ini netfault_image, $NETFAULT_IMAGE, the content tag "
                          "of the current sources, built if missing)")
+    group.addoption("--netfault-results", default=None, metavar="DIR",
+                    help="write DIR/<run-id>/ (a manifest and an evidence bundle per test using pair) and point "
+                         "DIR/latest at it (default: ini netfault_results, $NETFAULT_RESULTS; none: nothing written)")
     parser.addini("netfault_backend", "backend for hosts (docker)", default=None)
     parser.addini("netfault_image", "peer image for hosts", default=None)
+    parser.addini("netfault_results", "directory for run results (see --netfault-results)", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,6 +71,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "sysctls(client={'net.ipv4.tcp_syn_retries': 2})")
     workerinput = getattr(config, "workerinput", {})
     config.stash[RUN_KEY] = RunInfo.current(workerinput.get("netfault_run_id"))
+    results = _setting(config, "netfault_results", "netfault_results", "NETFAULT_RESULTS", None)
+    if results is not None:
+        recorder = ResultsRecorder(config, config.invocation_params.dir / results, config.stash[RUN_KEY].run_id,
+                                   _worker())
+        config.stash[RESULTS_KEY] = recorder
+        config.pluginmanager.register(recorder, "netfault-results")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "netfault-xdist")
     if not workerinput:
@@ -82,6 +96,11 @@ def _terminate_as_interrupt() -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, handler)
+
+
+def _worker() -> str:
+    """This process's xdist worker id, "main" without xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def _setting(config: pytest.Config, option: str, ini: str, env: str, default: str | None) -> str | None:
@@ -131,9 +150,8 @@ def netfault_testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
         if _in_ci():
             pytest.fail(f"{exc} (CI=true: a missing engine is a failure, not a skip)", pytrace=False)
         pytest.skip(str(exc))
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     try:
-        testbed = backend.create(worker)
+        testbed = backend.create(_worker())
     except BaseException:
         backend.destroy()
         raise
@@ -178,10 +196,13 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     request.node.stash[SYSCTLS_KEY] = wanted
     request.node.user_properties.append(("netfault.sysctls", json.dumps(wanted, sort_keys=True)))
     testbed: Testbed = request.getfixturevalue("netfault_testbed")
+    request.node.stash[HOSTS_KEY] = dict(testbed.hosts)
     baselines = request.config.stash.setdefault(BASELINE_KEY, {})
     for name, host in testbed.hosts.items():
         if name not in baselines:
             baselines[name] = snapshot(host)
+    if RESULTS_KEY in request.config.stash:
+        request.config.stash[RESULTS_KEY].note_hosts(testbed.hosts)
     undo: list[tuple[Host, dict[str, str]]] = []
     try:
         for name, values in wanted.items():
@@ -250,9 +271,17 @@ pytest_runtest_call = pytest_runtest_setup
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    """A failed test that used the hosts gets its timeline (faults, syscalls, packets, states) in the report."""
+    """A failed test that used the hosts gets its timeline (faults, syscalls, packets, states) in the report; with
+    results enabled, every test that used `pair` gets its bundle written after its teardown, and its path as the
+    report's `netfault.evidence` property (JUnit XML)."""
     report = yield
     collected = item.stash.get(EVIDENCE_KEY, None)
     if report.failed and call.when == "call" and collected is not None:
         report.sections.append(("netfault timeline", Timeline.of(collected).render()))
+    reports = item.stash.setdefault(REPORTS_KEY, {})
+    reports[call.when] = report
+    recorder = item.config.stash.get(RESULTS_KEY, None)
+    if recorder is not None and call.when == "teardown" and "pair" in getattr(item, "fixturenames", ()):
+        report.user_properties += recorder.write(item, reports, collected, item.stash.get(SYSCTLS_KEY, {}),
+                                                 item.stash.get(HOSTS_KEY, {}))
     return report

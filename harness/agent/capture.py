@@ -21,6 +21,8 @@ LISTEN_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 DRAIN_TIMEOUT = 2.0
 DRAIN_POLL = 0.005
+# After tcpdump exited, how long its last stderr lines may take to be read.
+STDERR_GRACE = 1.0
 _COUNTS = re.compile(r"(\d+) packets? captured, (\d+) packets? received by filter, (\d+) packets? dropped by kernel")
 # tcpdump's buffer (KiB, -B): the default 2 MiB overflows during a bulk transfer of 64 KB TSO/GRO packets, and
 # what overflows is lost to the capture ("dropped by kernel").
@@ -66,10 +68,17 @@ class Capture:
         return "\n".join(self._stderr)
 
     def wait_listening(self, timeout: float) -> None:
-        """Return once tcpdump listens; otherwise stop it and raise with its stderr."""
-        self._listening.wait(timeout)
+        """Return once tcpdump listens; otherwise stop it and raise with its stderr.
+
+        Its exit is watched directly: the end of its stderr can come later than the exit (seen while many
+        processes were being started on the machine)."""
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05) and self.popen.poll() is None and time.monotonic() < deadline:
+            pass
         if any("listening on" in line for line in self._stderr):
             return
+        if self.popen.poll() is not None:
+            self._reader.join(STDERR_GRACE)
         if self.popen.poll() is None:
             self.kill()
             raise OSError(errno.ETIMEDOUT, f"tcpdump did not say 'listening on' within {timeout:.0f} s "
@@ -127,7 +136,7 @@ class Capture:
     def kill(self) -> None:
         self.popen.kill()
         self.popen.wait()
-        self._reader.join()
+        self._reader.join(STDERR_GRACE)
         os.unlink(self.path)
 
 
