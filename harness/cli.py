@@ -17,12 +17,15 @@ from typing import Any
 
 from .catalogue import INDEX, scenario_files
 from .catalogue import index as catalogue_index
+from .compare import compare, render_html, render_text
 from .docker_client import connect_docker
-from .errors import NetfaultError
+from .errors import NetfaultError, ResultsError
 from .images import BASE_MODES, REPO_ROOT, ensure_peer_image
 from .reaper import reap
 from .report import write_report
+from .report_html import write_html_report
 from .results import point_latest
+from .results_reader import load_run
 from .runinfo import RUN_ID_ENV, new_run_id
 
 RESULTS_DIR = REPO_ROOT / "results"
@@ -107,8 +110,9 @@ def reap_command(args: argparse.Namespace) -> int:
          arg("pytest_args", nargs=argparse.REMAINDER, help="more pytest arguments, e.g. -k s01"))
 def catalogue(args: argparse.Namespace) -> int:
     """Run `pytest -m faults` over the scenario files tests/faults/test_sNN_*.py with this run's id, in
-    parallel, write <results>/<run-id>/ (manifest.json, an evidence bundle per test under tests/, junit.xml
-    and report.md; see results/README.md), and point <results>/latest at it. The exit status is pytest's."""
+    parallel, write <results>/<run-id>/ (manifest.json, an evidence bundle per test under tests/, junit.xml,
+    report.md and report.html; see results/README.md), and point <results>/latest at it. The exit status is
+    pytest's."""
     workers = min(os.cpu_count() or 1, 4) if args.workers is None else args.workers
     if workers < 0:
         raise NetfaultError(f"--workers must be 0 (no xdist) or more, not {workers}")
@@ -124,9 +128,22 @@ def catalogue(args: argparse.Namespace) -> int:
     if not (run_dir / "junit.xml").exists():
         raise NetfaultError(f"pytest (exit status {returncode}) wrote no {run_dir / 'junit.xml'}: see its output above")
     report = write_report(run_dir, run_id, returncode)
+    html = write_html_report(run_dir)
     point_latest(results, run_id)
-    _progress(f"report: {report}")
+    _progress(f"report: {report}, {html}")
     return returncode
+
+
+@command("report", "write RUN/report.html: a summary table and each test's timeline picture",
+         arg("run", type=Path, nargs="?", default=RESULTS_DIR / "latest",
+             help=f"the run directory (default: {RESULTS_DIR / 'latest'})"))
+def report_command(args: argparse.Namespace) -> int:
+    """Write the run's HTML report, one static file that opens offline: a summary (scenario, test, outcome,
+    errno of the key syscall, its elapsed time, retransmissions, duration) and per test a timeline with one
+    lane per host: packets (retransmissions in red), syscalls with their errno, fault windows shaded, socket
+    state changes; failures show their message. Prints the file's path."""
+    print(write_html_report(args.run))
+    return 0
 
 
 @command("scenarios", "write docs/scenarios.md, the catalogue's index, from the scenario tests",
@@ -145,6 +162,32 @@ def scenarios(args: argparse.Namespace) -> int:
     INDEX.write_text(text)
     _progress(f"wrote {INDEX} ({len(scenario_files())} scenarios)")
     return 0
+
+
+@command("compare", "say what changed between two runs: outcome, errno, timing, retransmissions, states",
+         arg("run_a", type=Path, metavar="RUN_A", help="the reference run: results/<run-id>/ or results/latest"),
+         arg("run_b", type=Path, metavar="RUN_B", help="the run compared with it"),
+         arg("--html", type=Path, metavar="FILE", default=None, help="also write the comparison as HTML to FILE"),
+         arg("--strict", action="store_true",
+             help="exit 1 on any change, timing, retransmission and state changes included"))
+def compare_command(args: argparse.Namespace) -> int:
+    """Compare two runs test by test (matched by nodeid): outcome, the errnos of the failed syscalls, the
+    elapsed time of the key syscall, the retransmission schedule from the captures and the socket states
+    reached, under a header with both runs' kernels, harness versions and commits. Times within 10 % or
+    50 ms are not changes (harness/compare.py says what is compared).
+
+    Exit status: 0 no change; 1 an outcome or errno changed, or a test is in one run only (with --strict:
+    any change); 2 bad input (a missing or half-written run, a manifest of another format)."""
+    try:
+        comparison = compare(load_run(args.run_a), load_run(args.run_b))
+    except ResultsError as exc:
+        print(f"netfault compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_text(comparison), end="")
+    if args.html:
+        args.html.write_text(render_html(comparison))
+        _progress(f"wrote {args.html}")
+    return comparison.exit_status(args.strict)
 
 
 def make_parser() -> argparse.ArgumentParser:

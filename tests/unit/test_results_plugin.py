@@ -13,9 +13,12 @@ import jsonschema
 import pytest
 
 from harness import cli
+from harness.results import write_json
 from harness.results_reader import load_run
 from harness.results_schema import MANIFEST_SCHEMA, OUTCOME_SCHEMA
 from harness.runinfo import RUN_ID_ENV
+
+from report_helpers import MANIFEST
 
 NO_ENGINE = "unix:///nonexistent/netfault-test.sock"
 TESTS = """
@@ -86,7 +89,9 @@ def test_the_catalogue_gives_pytest_its_results_directory_and_run_id(tmp_path: P
 
     def pytest_run(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
         seen.update(cmd=cmd, run_id=env[RUN_ID_ENV])
-        (tmp_path / "res" / env[RUN_ID_ENV] / "junit.xml").write_text("<testsuites><testsuite/></testsuites>")
+        run_dir = tmp_path / "res" / env[RUN_ID_ENV]
+        (run_dir / "junit.xml").write_text("<testsuites><testsuite/></testsuites>")
+        write_json(run_dir / "manifest.json", {**MANIFEST, "run_id": env[RUN_ID_ENV]})
         return 0
     monkeypatch.setattr(cli.subprocess, "call", pytest_run)
     monkeypatch.chdir(tmp_path)
@@ -94,3 +99,4 @@ def test_the_catalogue_gives_pytest_its_results_directory_and_run_id(tmp_path: P
     assert f"--netfault-results={tmp_path / 'res'}" in seen["cmd"], seen["cmd"]
     assert f"--junitxml={tmp_path / 'res' / seen['run_id'] / 'junit.xml'}" in seen["cmd"], seen["cmd"]
     assert (tmp_path / "res" / "latest").resolve() == tmp_path / "res" / seen["run_id"]
+    assert (tmp_path / "res" / seen["run_id"] / "report.html").is_file()
