@@ -3,8 +3,9 @@ its syscalls, the elapsed time of its key syscall, its retransmission schedule a
 
 - errno: the failed syscalls (host, op, errname) in time order, consecutive repeats counted once (a poll loop's
   number of EAGAINs varies from run to run).
-- key syscall: the first one that failed with an errno other than EAGAIN or EINPROGRESS (a non-blocking call's
-  "not yet"), else the one that took longest; its elapsed time is compared.
+- key syscall (harness.timeline.key_syscall, shared with the HTML report): the first one that failed with an
+  errno other than a "not yet" (EAGAIN, EINPROGRESS), else the one that took longest; its elapsed time is
+  compared.
 - retransmissions: per capture host and kind (SYN, SYN/ACK, data and FIN retransmissions, keepalive and
   zero-window probes, classified by harness.flows), the count and the intervals between them.
 - states: per host, the TCP states its sockets were sampled in.
@@ -29,11 +30,11 @@ from .flows import Kind, tcp_flows
 from .results import TIMELINE
 from .results_reader import Bundle, Run
 from .results_schema import TIMELINE_SCHEMA
+from .timeline import Event, key_syscall
 from .wire import Packet
 
 TOLERANCE_RATIO = 0.10
 TOLERANCE_SECONDS = 0.050
-NOT_YET = frozenset({"EAGAIN", "EWOULDBLOCK", "EINPROGRESS"})
 REPEATS = (Kind.SYN_RETRANSMISSION, Kind.SYNACK_RETRANSMISSION, Kind.RETRANSMISSION, Kind.FIN_RETRANSMISSION,
            Kind.KEEPALIVE, Kind.ZERO_WINDOW_PROBE)
 FAILING = frozenset({"outcome", "errno"})
@@ -211,12 +212,11 @@ def _timeline(bundle: Bundle) -> list[dict[str, Any]]:
 
 
 def _key(calls: list[dict[str, Any]]) -> KeySyscall | None:
-    failed = [e for e in calls if e["data"]["errname"] and e["data"]["errname"] not in NOT_YET]
-    chosen = failed[0] if failed else max(calls, key=lambda e: e["data"]["t1"] - e["data"]["t0"], default=None)
+    chosen = key_syscall(Event(**e) for e in calls)
     if chosen is None:
         return None
-    data = chosen["data"]
-    label = " ".join(part for part in (chosen["host"], data["op"], data["errname"]) if part)
+    data = chosen.data
+    label = " ".join(part for part in (chosen.host, data["op"], data["errname"]) if part)
     return KeySyscall(label, data["t1"] - data["t0"])
 
 

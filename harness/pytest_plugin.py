@@ -56,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "of the current sources, built if missing)")
     group.addoption("--netfault-results", default=None, metavar="DIR",
                     help="write DIR/<run-id>/ (a manifest and an evidence bundle per test using pair) and point "
-                         "DIR/latest at it (default: ini netfault_results, $NETFAULT_RESULTS; none: nothing written)")
+                         "DIR/latest at it (default: $NETFAULT_RESULTS, else ini netfault_results relative to the "
+                         "rootdir, written only when a test used the hosts; none: nothing written)")
     parser.addini("netfault_backend", "backend for hosts (docker)", default=None)
     parser.addini("netfault_image", "peer image for hosts", default=None)
     parser.addini("netfault_results", "directory for run results (see --netfault-results)", default=None)
@@ -71,10 +72,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "sysctls(client={'net.ipv4.tcp_syn_retries': 2})")
     workerinput = getattr(config, "workerinput", {})
     config.stash[RUN_KEY] = RunInfo.current(workerinput.get("netfault_run_id"))
-    results = _setting(config, "netfault_results", "netfault_results", "NETFAULT_RESULTS", None)
-    if results is not None:
-        recorder = ResultsRecorder(config, config.invocation_params.dir / results, config.stash[RUN_KEY].run_id,
-                                   _worker())
+    given = config.getoption("netfault_results") or os.environ.get("NETFAULT_RESULTS")
+    default = config.getini("netfault_results")
+    if given or default:
+        results = config.invocation_params.dir / given if given else config.rootpath / default
+        recorder = ResultsRecorder(config, results, config.stash[RUN_KEY].run_id, _worker(),
+                                   only_with_evidence=not given)
         config.stash[RESULTS_KEY] = recorder
         config.pluginmanager.register(recorder, "netfault-results")
     if config.pluginmanager.hasplugin("xdist"):

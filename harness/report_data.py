@@ -1,8 +1,8 @@
 """What the HTML report shows of one evidence bundle: the summary figures and the timeline's events.
 
 Figures come from the bundle's files alone (outcome.json, timeline.json), so a run can be reported anywhere:
-- the key syscall: the last one that failed with an errno (EINPROGRESS, the normal start of a non-blocking
-  connect, does not count); its errno and elapsed time (t1 - t0) are the summary's;
+- the key syscall (harness.timeline.key_syscall, shared with `netfault compare`): its errno and elapsed time
+  (t1 - t0) are the summary's;
 - retransmissions: TCP segments classified as retransmissions (harness.flows) in each host's captured
   packets, a segment seen by both hosts' captures counted once.
 """
@@ -17,12 +17,11 @@ from typing import Any
 from .flows import Kind, tcp_flows
 from .results import TIMELINE
 from .results_reader import Bundle
-from .timeline import Event, Timeline
+from .timeline import Event, Timeline, key_syscall
 from .wire import Packet
 
 RETRANSMISSIONS = frozenset({Kind.SYN_RETRANSMISSION, Kind.SYNACK_RETRANSMISSION, Kind.RETRANSMISSION,
                              Kind.FIN_RETRANSMISSION})
-NOT_FAILURES = frozenset({"EINPROGRESS"})
 _SCENARIO = re.compile(r"test_(s\d\d)_", re.IGNORECASE)
 
 
@@ -51,13 +50,6 @@ def scenario_of(nodeid: str) -> str:
     """The scenario id (S02) a test's name carries, "-" if none."""
     match = _SCENARIO.search(nodeid)
     return match.group(1).upper() if match else "-"
-
-
-def key_syscall(timeline: Timeline) -> Event | None:
-    """The return of the last syscall that failed with an errno (not EINPROGRESS), None if none did."""
-    failed = [e for e in timeline.events if e.source == "syscall" and e.t == e.data.get("t1")
-              and e.data.get("errname") and e.data["errname"] not in NOT_FAILURES]
-    return failed[-1] if failed else None
 
 
 def packet_of(event: Event) -> Packet:
@@ -93,7 +85,7 @@ def bundle_report(bundle: Bundle) -> BundleReport:
     """The report's view of one bundle."""
     outcome = bundle.outcome
     timeline = Timeline(Event(**e) for e in json.loads((bundle.path / TIMELINE).read_text()))
-    key = key_syscall(timeline)
+    key = key_syscall(timeline.events)
     again = retransmitted(timeline)
     return BundleReport(
         nodeid=outcome["nodeid"], scenario=scenario_of(outcome["nodeid"]), outcome=outcome["outcome"],

@@ -65,8 +65,12 @@ def _jsonable_property(value: Any) -> Any:
 class ResultsRecorder:
     """The results of this pytest process: its tests' bundles and, in the controller, the manifest."""
 
-    def __init__(self, config: pytest.Config, results: Path, run_id: str, worker: str) -> None:
+    def __init__(self, config: pytest.Config, results: Path, run_id: str, worker: str,
+                 only_with_evidence: bool = False) -> None:
+        """`only_with_evidence`: write nothing unless a test used the hosts (the project's default results
+        directory, so that a unit-test run leaves no empty run behind)."""
         self.config = config
+        self.only_with_evidence = only_with_evidence
         self.results = results
         self.run_id = run_id
         self.worker = worker
@@ -80,7 +84,8 @@ class ResultsRecorder:
             raise pytest.UsageError(
                 f"netfault: {self.run_dir} already holds a finished run (it has {MANIFEST}): give another "
                 f"--netfault-results directory, or unset NETFAULT_RUN_ID so this run gets a new id")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not only_with_evidence:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def note_hosts(self, hosts: Mapping[str, Host]) -> None:
         """Read each host's kernel release and baseline sysctls the first time this process uses it."""
@@ -125,6 +130,8 @@ class ResultsRecorder:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if not self.controller:
             self.config.workeroutput[_HOSTS_OUTPUT] = json.dumps(list(self.hosts.values()))
+            return
+        if self.only_with_evidence and not self.tests:
             return
         write_json(self.run_dir / MANIFEST, self.manifest(int(exitstatus)))
         point_latest(self.results, self.run_id)

@@ -55,6 +55,21 @@ def fault_events(fault: Any) -> list[Event]:
     return events
 
 
+# Errnos that only say "not yet" (a non-blocking call, a timeout of the caller's own): not what a test is about.
+NOT_YET = frozenset({"EAGAIN", "EWOULDBLOCK", "EINPROGRESS"})
+
+
+def key_syscall(events: Iterable[Event]) -> Event | None:
+    """The syscall a test is about, as the return event of it: the first that failed with an errno other than
+    a "not yet" one (NOT_YET), else the one that took longest; None without syscalls. The report's summary and
+    `netfault compare` both use it."""
+    returns = [e for e in events if e.source == "syscall" and e.t == e.data.get("t1")]
+    failed = [e for e in returns if e.data.get("errname") and e.data["errname"] not in NOT_YET]
+    if failed:
+        return failed[0]
+    return max(returns, key=lambda e: e.data["t1"] - e.data["t0"], default=None)
+
+
 class Timeline:
     """Events of every host, in time order."""
 

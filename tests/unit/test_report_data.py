@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.report_data import bundle_report, key_syscall
+from harness.report_data import bundle_report
 from harness.report_svg import picture, seconds_label, tick_step
 from harness.results_reader import load_run
-from harness.timeline import Timeline, syscall_events
+from harness.timeline import Timeline, key_syscall, syscall_events
 
 from report_helpers import FAILED, FAILURE, PASSED, syscall, write_run
 
@@ -32,14 +32,19 @@ def test_summary_figures_come_from_the_bundles(reports):
     assert refused.elapsed == pytest.approx(0.0002) and refused.message == f"call: {FAILURE}"
 
 
-def test_the_key_syscall_is_the_last_that_failed_but_not_einprogress():
+def test_the_key_syscall_is_the_first_real_failure_else_the_slowest_call():
     events = [*syscall_events("client", syscall("connect", 1.0, 1.0001, "EINPROGRESS")),
-              *syscall_events("client", syscall("send", 2.0, 2.5, "EPIPE")),
-              *syscall_events("client", syscall("recv", 3.0, 3.0001)),
+              *syscall_events("client", syscall("recv", 1.5, 1.9, "EAGAIN")),
+              *syscall_events("client", syscall("send", 2.0, 2.5, "ECONNRESET")),
+              *syscall_events("client", syscall("send", 3.0, 3.0001, "EPIPE")),
               *syscall_events("client", syscall("connect", 4.0, 4.0001, "EINPROGRESS"))]
-    key = key_syscall(Timeline(events))
-    assert key is not None and (key.data["op"], key.t) == ("send", 2.5)
-    assert key_syscall(Timeline(syscall_events("client", syscall("recv", 3.0, 3.0001)))) is None
+    key = key_syscall(Timeline(events).events)
+    assert key is not None and (key.data["op"], key.data["errname"], key.t) == ("send", "ECONNRESET", 2.5)
+    waits = [*syscall_events("client", syscall("recv", 1.0, 4.0, "EAGAIN")),
+             *syscall_events("client", syscall("send", 5.0, 5.0001))]
+    slowest = key_syscall(Timeline(waits).events)
+    assert slowest is not None and (slowest.data["op"], slowest.data["errname"]) == ("recv", "EAGAIN")
+    assert key_syscall(Timeline([]).events) is None
 
 
 def test_the_picture_has_a_lane_per_host_and_marks_for_each_event(reports):
