@@ -8,7 +8,8 @@ its syscalls, the elapsed time of its key syscall, its retransmission schedule a
   compared.
 - retransmissions: per capture host and kind (SYN, SYN/ACK, data and FIN retransmissions, keepalive and
   zero-window probes, classified by harness.flows), the count and the intervals between them.
-- states: per host, the TCP states its sockets were sampled in.
+- states: per host, the TCP states its sockets were sampled in; a state seen in one sample only (held for less
+  than a sampling interval, so caught or missed by chance) is within tolerance and not compared.
 
 A time is changed only when it differs by more than TOLERANCE_RATIO of the first run's value and more than
 TOLERANCE_SECONDS. Outcome and errno changes (a test present in one run only is an outcome change) fail;
@@ -241,10 +242,19 @@ def _repeats(bundle: Bundle, timeline: list[dict[str, Any]]) -> dict[str, tuple[
 
 
 def _states(timeline: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
-    states: dict[str, set[str]] = {}
+    """Per host, the states its sockets were sampled in, but for those seen in one sample only: a state held
+    for less than a sampling interval is caught or missed by chance, so it is within tolerance."""
+    sockets: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for e in timeline:
         if e["source"] == "state" and e["data"].get("state"):
-            states.setdefault(e["host"], set()).add(e["data"]["state"])
+            sockets.setdefault((e["host"], e["data"].get("cookie")), []).append(e)
+    states: dict[str, set[str]] = {}
+    for (host, _), events in sockets.items():
+        for this, after in zip(events, [*events[1:], None]):
+            prev_t = this["data"].get("prev_t")
+            brief = after is not None and prev_t is not None and after["t"] - this["t"] < 1.5 * (this["t"] - prev_t)
+            if not brief:
+                states.setdefault(host, set()).add(this["data"]["state"])
     return {host: tuple(sorted(found)) for host, found in sorted(states.items())}
 
 

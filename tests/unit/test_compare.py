@@ -33,6 +33,7 @@ class Scenario:
     elapsed: float = 1.0
     syns: tuple[float, ...] = (0.0, 1.0, 3.0, 7.0)
     states: tuple[str, ...] = ("SYN_SENT",)
+    state_spacing: float = 1.0
 
 
 def _record(op: str, errname: str | None, t0: float, t1: float) -> SyscallRecord:
@@ -45,13 +46,14 @@ def _syn(t: float) -> Packet:
                   flags="S", seq=1000, win=64240)
 
 
-def _history(states: tuple[str, ...]) -> StateHistory:
+def _history(states: tuple[str, ...], spacing: float = 1.0) -> StateHistory:
     history = StateHistory("client")
     entry = {"t": 100.0, "t_end": 100.001, "t_real": 1.7e9, "prev_t": None, "change": "new", "proto": "tcp",
              "family": "inet", "src": "10.0.0.1", "sport": 40000, "dst": "10.0.0.2", "dport": 6666,
              "state": "SYN_SENT", "cookie": 1, "inode": 5, "recv_q": 0, "send_q": 0, "timer": 1, "timer_name": "on",
              "retrans": 0, "expires_ms": 1000, "tcp_info": None, "handle": "c1"}
-    entries = [{**entry, "t": 100.0 + i, "change": "new" if i == 0 else "state", "state": state}
+    entries = [{**entry, "t": 100.0 + i * spacing, "prev_t": None if i == 0 else 100.0 + (i - 1) * spacing,
+                "change": "new" if i == 0 else "state", "state": state}
                for i, state in enumerate(states)]
     history.load({"entries": entries, "samples": 10, "missed": 0, "t_first": 100.0, "t_last": 110.0,
                   "period_ms": 10.0, "interval_ms": None, "error": None})
@@ -64,7 +66,7 @@ def _evidence(s: Scenario) -> Evidence:
                                     _record("connect", "EINPROGRESS", 99.5, 99.5001),
                                     _record("connect", s.errname, 100.0, 100.0 + s.elapsed)])
     evidence.add_wire(Wire("client", [_syn(100.0 + t) for t in s.syns]))
-    evidence.add_history("client", _history(s.states))
+    evidence.add_history("client", _history(s.states, s.state_spacing))
     return evidence
 
 
@@ -222,3 +224,14 @@ def test_a_damaged_timeline_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     _expect_bad_input([str(a), str(b)], f"{timeline}: not valid JSON", capsys)
     timeline.unlink()
     _expect_bad_input([str(a), str(b)], f"{timeline}: missing", capsys)
+
+
+def test_a_state_seen_in_one_sample_only_is_within_tolerance(tmp_path: Path):
+    """10 ms sampling: a FIN_WAIT1 that lasted under one interval is caught in one run and missed in the next."""
+    caught = Scenario(states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"), state_spacing=0.01)
+    missed = Scenario(states=("ESTABLISHED", "FIN_WAIT2", "TIME_WAIT"), state_spacing=0.01)
+    a = _run(tmp_path, "a", {REFUSED: caught})
+    b = _run(tmp_path, "b", {REFUSED: missed})
+    assert _changes(a, b) == {}
+    held = _run(tmp_path, "c", {REFUSED: Scenario(states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"))})
+    assert [c.aspect for c in _changes(held, b)[REFUSED]] == ["states"], "a state held for seconds is compared"
