@@ -7,7 +7,13 @@ their tolerances from the timer wheel's granularity, which is where a kernel tim
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from .backends.base import Host
+
+SYN_RETRIES = "net.ipv4.tcp_syn_retries"
+SYN_LINEAR_TIMEOUTS = "net.ipv4.tcp_syn_linear_timeouts"
 TCP_TIMEOUT_INIT = 1.0
 TCP_RTO_MIN = 0.2
 TCP_RTO_MAX = 120.0
@@ -29,6 +35,13 @@ def wheel_slack(timeout: float) -> float:
             level += 1
         worst = max(worst, (1 << (level * WHEEL_CLK_SHIFT)) / hz)
     return worst
+
+
+def host_syn_timeouts(host: Host) -> list[float]:
+    """syn_timeouts() for `host`, from its sysctls read back (tcp_syn_linear_timeouts is 0 before Linux 6.5)."""
+    keys = [SYN_RETRIES] + ([SYN_LINEAR_TIMEOUTS] if host.has_sysctl(SYN_LINEAR_TIMEOUTS) else [])
+    settings = host.sysctl_get(keys)
+    return syn_timeouts(int(settings[SYN_RETRIES]), int(settings.get(SYN_LINEAR_TIMEOUTS, 0)))
 
 
 def syn_timeouts(syn_retries: int, linear_timeouts: int = 0) -> list[float]:

@@ -15,13 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 
 from . import evidence
 from .endpoint import Endpoint
 from .errors import NetfaultError
+
+if TYPE_CHECKING:
+    from .backends.base import Host
 
 KEY = ("proto", "family", "src", "sport", "dst", "dport", "cookie")
 WHERE = ("port", "sport", "dport", "src", "dst", "proto", "family", "cookie", "handle")
@@ -175,6 +178,15 @@ class StateHistory:
         """The earliest span in `state`, None if no selected socket reached it."""
         return next(iter(self.spans(state, **where)), None)
 
+    def base_rto(self, before: float) -> float:
+        """The RTO (seconds) last recorded at or before `before` with no backoff: the timeout a retransmission
+        schedule starting then doubles from (needs `fields=True` or a state change to have recorded tcp_info)."""
+        found = [e["tcp_info"]["rto_us"] for e in self.entries
+                 if e.get("tcp_info") and e["t"] <= before and e["tcp_info"]["backoff"] == 0]
+        if not found:
+            raise LookupError(f"no tcp_info without backoff recorded by {before:.6f}:\n{self.table()}")
+        return found[-1] / 1e6
+
     def states_reached(self, **where: Any) -> set[str]:
         return {span.state for span in self.spans(None, **where)}
 
@@ -283,6 +295,18 @@ def wait_for(host: Endpoint, state: str, *, proto: str = "tcp", port: int | None
                     f"{host.host}: {len(found)} of {count} {proto} socket(s) with {where} in {state} after "
                     f"{timeout} s; last snapshot{when}:\n{format_sockets(snapshot)}", snapshot)
     return found
+
+
+def acked_connection(client: Endpoint, server: Host, port: int, options: dict[str, Any] | None = None) -> str:
+    """A connection from `client` to a new listener of `server` on `port` whose first 1000 bytes are
+    acknowledged (so its RTT, hence its RTO, is measured); returns the client's handle."""
+    listener = server.listen(port=port, accept=True)
+    conn = client.connect(addr=server.addr, port=port, options=options)
+    assert listener.ok and conn.ok, (listener, conn)
+    sent = client.send(conn.handle, size=1000)
+    assert sent.ok, sent
+    wait_acked(client, port=port)
+    return conn.handle
 
 
 def wait_acked(host: Endpoint, *, port: int, timeout: float = 5.0, poll: float = WAIT_POLL) -> list[Entry]:

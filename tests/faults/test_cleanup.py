@@ -117,7 +117,7 @@ def test_netfault_reap_removes_dead_runs_and_keeps_live_ones(engine):
     dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_pid.wait()
     base = {LABEL_MACHINE: socket.gethostname(), LABEL_ROLE: "network"}
-    dead = engine.networks.create(f"netfault-{dead_run}-reaptest", internal=True, labels={
+    engine.networks.create(f"netfault-{dead_run}-reaptest", internal=True, labels={
         **base, LABEL_RUN: dead_run, LABEL_PID: str(dead_pid.pid), LABEL_PID_START: "1"})
     live = engine.networks.create(f"netfault-{live_run}-reaptest", internal=True, labels={
         **base, LABEL_RUN: live_run, LABEL_PID: str(os.getpid()),

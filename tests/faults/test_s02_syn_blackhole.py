@@ -8,7 +8,7 @@ from faults import Drop, Sysctls
 from harness.capture import capture
 from harness.expect import expect_errno, expect_held, expect_schedule, schedule_bounds
 from harness.flows import tcp_flow
-from harness.kernel import syn_timeouts
+from harness.kernel import SYN_LINEAR_TIMEOUTS, SYN_RETRIES, host_syn_timeouts
 from harness.sockets import sample
 
 pytestmark = pytest.mark.faults
@@ -26,8 +26,6 @@ SCENARIO = {
 }
 
 PORT = 6666
-SYN_RETRIES = "net.ipv4.tcp_syn_retries"
-LINEAR = "net.ipv4.tcp_syn_linear_timeouts"
 PERIOD_MS = 10
 # The sampler sees a state change within one period (plus one dump, well under a millisecond); its longest
 # measured interval stays under 2 periods on the loaded 2-core machine (bench/sampler.py).
@@ -45,11 +43,10 @@ def test_s02_connect_to_a_silent_host_times_out_on_the_syn_schedule(pair, record
     """
     client, server = pair.client, pair.server
     with ExitStack() as faults:
-        if client.has_sysctl(LINEAR):
-            faults.enter_context(Sysctls(client, {LINEAR: 0}))
+        if client.has_sysctl(SYN_LINEAR_TIMEOUTS):
+            faults.enter_context(Sysctls(client, {SYN_LINEAR_TIMEOUTS: 0}))
         faults.enter_context(Drop(server, protocol="tcp", dport=PORT))
-        settings = client.sysctl_get([SYN_RETRIES] + ([LINEAR] if client.has_sysctl(LINEAR) else []))
-        timeouts = syn_timeouts(int(settings[SYN_RETRIES]), int(settings.get(LINEAR, 0)))
+        timeouts = host_syn_timeouts(client)
         record_property("kernel_wait", sum(timeouts))
         with capture(client, f"tcp port {PORT}") as wire, \
                 sample(client, port=PORT, period_ms=PERIOD_MS) as states, \

@@ -9,14 +9,12 @@ from faults import Drop, Sysctls
 from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, expect_schedule, schedule_bounds
 from harness.flows import Kind, tcp_flow
-from harness.kernel import syn_timeouts, wheel_slack
+from harness.kernel import SYN_LINEAR_TIMEOUTS, SYN_RETRIES, host_syn_timeouts, wheel_slack
 from harness.sockets import sample
 
 pytestmark = pytest.mark.faults
 
 PORT = 6666
-SYN_RETRIES = "net.ipv4.tcp_syn_retries"
-LINEAR = "net.ipv4.tcp_syn_linear_timeouts"
 # The application's connect timeout: after the first SYN retransmission (1 s), before the second (3 s).
 APP_TIMEOUT = 1.5
 # A non-blocking connect() only sends the SYN: it returns within milliseconds.
@@ -56,11 +54,10 @@ def test_s04_nonblocking_connect_select_timeout_fires_before_the_kernel_gives_up
     """
     client, server = pair.client, pair.server
     with ExitStack() as faults:
-        if client.has_sysctl(LINEAR):
-            faults.enter_context(Sysctls(client, {LINEAR: 0}))
+        if client.has_sysctl(SYN_LINEAR_TIMEOUTS):
+            faults.enter_context(Sysctls(client, {SYN_LINEAR_TIMEOUTS: 0}))
         faults.enter_context(Drop(server, protocol="tcp", dport=PORT))
-        settings = client.sysctl_get([SYN_RETRIES] + ([LINEAR] if client.has_sysctl(LINEAR) else []))
-        timeouts = syn_timeouts(int(settings[SYN_RETRIES]), int(settings.get(LINEAR, 0)))
+        timeouts = host_syn_timeouts(client)
         assert timeouts[0] < APP_TIMEOUT < timeouts[0] + timeouts[1], (
             f"the application timeout must fall between the first and the second SYN retransmission: {timeouts}")
         with capture(client, f"tcp port {PORT}") as wire, \

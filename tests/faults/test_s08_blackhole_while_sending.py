@@ -7,7 +7,7 @@ from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, expect_schedule
 from harness.flows import tcp_flow
 from harness.kernel import COMMON_HZ, TCP_RTO_MIN, giveup_after, retries_budget, wheel_slack
-from harness.sockets import sample, wait_acked
+from harness.sockets import acked_connection, sample
 
 pytestmark = pytest.mark.faults
 
@@ -54,12 +54,7 @@ def test_s08_sending_into_a_blackhole_times_out_per_tcp_retries2(pair, record_pr
     """
     client, server = pair.client, pair.server
     retries2 = int(client.sysctl_get([RETRIES2])[RETRIES2])
-    listener = server.listen(port=PORT, accept=True)
-    conn = client.connect(addr=server.addr, port=PORT)
-    assert listener.ok and conn.ok, (listener, conn)
-    handle = conn.handle
-    assert client.send(handle, size=1000).ok
-    wait_acked(client, port=PORT)
+    handle = acked_connection(client, server, PORT)
     with capture(client, f"tcp port {PORT}") as wire, \
             sample(client, port=PORT, period_ms=PERIOD_MS, fields=True) as states:
         with Drop(server, direction="both", peer=client):
@@ -74,8 +69,7 @@ def test_s08_sending_into_a_blackhole_times_out_per_tcp_retries2(pair, record_pr
     times = flow.data_schedule(0)
     retransmissions = times.times[1:]
     assert retransmissions, flow
-    rto = next(e["tcp_info"]["rto_us"] for e in reversed(states.to_json())
-               if e.get("tcp_info") and e["t"] <= times.times[0] and e["tcp_info"]["backoff"] == 0) / 1e6
+    rto = states.base_rto(before=times.times[0])
     record_property("kernel_wait", giveup_after(rto, retries2))
     doubling = [rto * 2 ** i for i in range(len(retransmissions))]
     expect_schedule(times, doubling, "first data segment sent into the blackhole", flow=flow)
@@ -118,12 +112,7 @@ def test_s08_with_icmp_host_unreachable_from_the_path_fails_with_ehostunreach(pa
     while steps * TCP_RTO_MIN < budget:
         steps += 1
     record_property("kernel_wait", (steps + 1) * TCP_RTO_MIN)
-    listener = server.listen(port=PORT, accept=True)
-    conn = client.connect(addr=server.addr, port=PORT)
-    assert listener.ok and conn.ok, (listener, conn)
-    handle = conn.handle
-    assert client.send(handle, size=1000).ok
-    wait_acked(client, port=PORT)
+    handle = acked_connection(client, server, PORT)
     with capture(client, f"tcp port {PORT} or icmp") as wire, \
             sample(client, port=PORT, period_ms=PERIOD_MS, fields=True) as states:
         with Reject(server, "icmp-host-unreachable", direction="in", peer=client):
@@ -142,8 +131,7 @@ def test_s08_with_icmp_host_unreachable_from_the_path_fails_with_ehostunreach(pa
     answers = [e for e in flow.icmp if e.quotes_client and e.seq == head]
     assert [e.name for e in answers] == ["host-unreachable"] * len(times), (
         f"an ICMP host-unreachable for each transmission of the head segment\n{flow.render(since=times.times[0])}")
-    rto = next(e["tcp_info"]["rto_us"] for e in reversed(states.to_json())
-               if e.get("tcp_info") and e["t"] <= times.times[0] and e["tcp_info"]["backoff"] == 0) / 1e6
+    rto = states.base_rto(before=times.times[0])
     step = (rto - TICK - CLOCK_ALIGNMENT, rto + wheel_slack(rto) + SOFTIRQ_AND_WAKEUP + CLOCK_ALIGNMENT)
     doubled = [i for i in times.intervals if not step[0] <= i <= step[1]]
     assert not doubled, (f"intervals {doubled} outside {step[0]:.4f} .. {step[1]:.4f} s: the ICMP errors should "

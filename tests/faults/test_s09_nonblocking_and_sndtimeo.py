@@ -7,7 +7,7 @@ from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, expect_schedule
 from harness.flows import tcp_flow
 from harness.kernel import COMMON_HZ, TCP_RTO_MIN, giveup_after, retries_budget, wheel_slack
-from harness.sockets import sample, wait_acked
+from harness.sockets import acked_connection, sample
 
 pytestmark = pytest.mark.faults
 
@@ -48,22 +48,6 @@ SNDTIMEO = 1.0
 USER_TIMEOUT_MS = 1000
 
 
-def _connected(pair, options: dict | None = None) -> str:
-    """A client connection whose warm-up data was acknowledged (so the RTO is measured); returns its handle."""
-    listener = pair.server.listen(port=PORT, accept=True)
-    conn = pair.client.connect(addr=pair.server.addr, port=PORT, options=options)
-    assert listener.ok and conn.ok, (listener, conn)
-    assert pair.client.send(conn.handle, size=1000).ok
-    wait_acked(pair.client, port=PORT)
-    return conn.handle
-
-
-def _base_rto(states, before: float) -> float:
-    """The RTO (s) the client's socket had, unbacked-off, when it sent the segment at `before`."""
-    return next(e["tcp_info"]["rto_us"] for e in reversed(states.to_json())
-                if e.get("tcp_info") and e["t"] <= before and e["tcp_info"]["backoff"] == 0) / 1e6
-
-
 @pytest.mark.sysctls(client={RETRIES2: 2, EARLY_RETRANS: 0})
 def test_s09_nonblocking_send_fills_the_buffer_then_eagain_until_tcp_retries2_gives_up(pair, record_property):
     """S09, seed experiment "将文件描述符设为非阻塞" (make the descriptor non-blocking: does it help?).
@@ -80,7 +64,7 @@ def test_s09_nonblocking_send_fills_the_buffer_then_eagain_until_tcp_retries2_gi
     retries2 = int(client.sysctl_get([RETRIES2])[RETRIES2])
     budget = retries_budget(retries2)
     record_property("kernel_wait", giveup_after(TCP_RTO_MIN, retries2))
-    handle = _connected(pair)
+    handle = acked_connection(pair.client, pair.server, PORT)
     with capture(client, f"tcp port {PORT}") as wire, \
             sample(client, port=PORT, period_ms=PERIOD_MS, fields=True) as states:
         with Drop(server, direction="both", peer=client):
@@ -101,7 +85,7 @@ def test_s09_nonblocking_send_fills_the_buffer_then_eagain_until_tcp_retries2_gi
     times = flow.data_schedule(0)
     retransmissions = times.times[1:]
     assert retransmissions, flow
-    rto = _base_rto(states, times.times[0])
+    rto = states.base_rto(before=times.times[0])
     expect_schedule(times, [rto * 2 ** i for i in range(len(retransmissions))], "first data segment", flow=flow)
     first = retransmissions[0]
     assert all(t - first < budget + GRAIN for t in retransmissions), (
@@ -135,7 +119,7 @@ def test_s09_sndtimeo_bounds_a_blocked_send_not_the_wait_for_an_ack(pair, record
     and the kernel keeps retransmitting (tcp_retries2=15, the default: it would try for 924.6 s).
     """
     client, server = pair.client, pair.server
-    handle = _connected(pair, {"sndtimeo": SNDTIMEO})
+    handle = acked_connection(pair.client, pair.server, PORT, {"sndtimeo": SNDTIMEO})
     sndtimeo = client.getsockopt(handle, "sndtimeo").extra["value"]
     record_property("kernel_wait", 2 * sndtimeo)
     blocked = (sndtimeo - TICK - CLOCK_ALIGNMENT, sndtimeo + wheel_slack(sndtimeo) + SOFTIRQ_AND_WAKEUP)
@@ -163,7 +147,7 @@ def test_s09_sndtimeo_bounds_a_blocked_send_not_the_wait_for_an_ack(pair, record
     times = flow.data_schedule(0)
     retransmissions = times.times[1:]
     assert len(retransmissions) >= 2, flow
-    rto = _base_rto(states, times.times[0])
+    rto = states.base_rto(before=times.times[0])
     expect_schedule(times, [rto * 2 ** i for i in range(len(retransmissions))], "first data segment", flow=flow)
     assert any(partial.t0 <= t <= refused.t1 for t in retransmissions), (
         f"the kernel retransmits while send() waits\n{flow.render(since=times.times[0])}")
@@ -180,7 +164,7 @@ def test_s09_tcp_user_timeout_bounds_the_wait_for_an_ack(pair, record_property):
     retransmissions before that follow the doubling RTO; the server heard nothing and stays ESTABLISHED.
     """
     client, server = pair.client, pair.server
-    handle = _connected(pair, {"user_timeout": USER_TIMEOUT_MS})
+    handle = acked_connection(pair.client, pair.server, PORT, {"user_timeout": USER_TIMEOUT_MS})
     user_timeout = client.getsockopt(handle, "user_timeout").extra["value"] / 1000
     record_property("kernel_wait", TCP_RTO_MIN + user_timeout)
     with capture(client, f"tcp port {PORT}") as wire, \
@@ -196,7 +180,7 @@ def test_s09_tcp_user_timeout_bounds_the_wait_for_an_ack(pair, record_property):
     times = flow.data_schedule(0)
     retransmissions = times.times[1:]
     assert retransmissions, flow
-    rto = _base_rto(states, times.times[0])
+    rto = states.base_rto(before=times.times[0])
     expect_schedule(times, [rto * 2 ** i for i in range(len(retransmissions))], "first data segment", flow=flow)
     deadline = retransmissions[0] + user_timeout
     assert all(t < deadline + GRAIN for t in retransmissions), (

@@ -8,7 +8,7 @@ from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, expect_no_packet, expect_schedule
 from harness.flows import tcp_flow
 from harness.kernel import giveup_after, retries_budget, wheel_slack
-from harness.sockets import sample, wait_acked
+from harness.sockets import acked_connection, sample
 
 pytestmark = pytest.mark.faults
 
@@ -47,12 +47,7 @@ def test_s10_close_during_an_outage_leaves_an_orphan_that_dies_without_time_wait
     """
     client, server = pair.client, pair.server
     orphan_retries = int(client.sysctl_get([ORPHAN_RETRIES])[ORPHAN_RETRIES])
-    listener = server.listen(port=PORT, accept=True)
-    conn = client.connect(addr=server.addr, port=PORT)
-    assert listener.ok and conn.ok, (listener, conn)
-    handle = conn.handle
-    assert client.send(handle, size=1000).ok
-    wait_acked(client, port=PORT)
+    handle = acked_connection(client, server, PORT)
     with capture(client, f"tcp port {PORT}") as wire, \
             sample(client, port=PORT, period_ms=PERIOD_MS, fields=True) as states:
         with Drop(server, direction="both", peer=client):
@@ -79,8 +74,7 @@ def test_s10_close_during_an_outage_leaves_an_orphan_that_dies_without_time_wait
     assert len(retransmissions) >= 2, flow
     assert flow.kinds(from_client=True) == ["data", "fin"] + ["fin-retransmission"] * len(retransmissions), (
         f"the data, the FIN, then the data retransmitted with the FIN\n{flow}")
-    rto = next(e["tcp_info"]["rto_us"] for e in orphan.entries
-               if e.get("tcp_info") and e["tcp_info"]["backoff"] == 0 and e["t"] <= times.times[0]) / 1e6
+    rto = states.base_rto(before=times.times[0])
     record_property("kernel_wait", giveup_after(rto, orphan_retries))
     expect_schedule(times, [rto * 2 ** i for i in range(len(retransmissions))], "data and FIN", flow=flow)
 

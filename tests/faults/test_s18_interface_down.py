@@ -10,7 +10,7 @@ from faults import Drop, LinkDown, Schedule, Sysctls
 from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, schedule_bounds
 from harness.flows import Kind, tcp_flow
-from harness.kernel import TCP_RTO_MIN, retries_budget, syn_timeouts
+from harness.kernel import SYN_LINEAR_TIMEOUTS, SYN_RETRIES, TCP_RTO_MIN, host_syn_timeouts, retries_budget
 from harness.sockets import sample, wait_acked
 
 pytestmark = pytest.mark.faults
@@ -33,8 +33,6 @@ SCENARIO = {
 }
 
 PORT = 6666
-SYN_RETRIES = "net.ipv4.tcp_syn_retries"
-LINEAR = "net.ipv4.tcp_syn_linear_timeouts"
 RETRIES2 = "net.ipv4.tcp_retries2"
 # connect() on a host without a route fails in the route lookup, within microseconds (measured 0.03 ms).
 AT_ONCE = 0.05
@@ -47,12 +45,6 @@ SENDS, SEND_INTERVAL, SIZE = 5, 0.1, 1000
 CONNECT_DOWN_AT, CONNECT_UP_AT = 0.5, 1.5
 # Waiting for events (not timing assertions).
 WAIT = 5
-
-
-def _connect_sysctls(client) -> list[float]:
-    """The SYN timeouts the client's kernel will use, from its sysctls."""
-    settings = client.sysctl_get([SYN_RETRIES] + ([LINEAR] if client.has_sysctl(LINEAR) else []))
-    return syn_timeouts(int(settings[SYN_RETRIES]), int(settings.get(LINEAR, 0)))
 
 
 def _established(pair) -> tuple[str, str]:
@@ -139,9 +131,9 @@ def test_s18_link_down_during_a_connect(pair, comes_back, record_property):
                               duration=CONNECT_DOWN_AT if comes_back else None)
     schedule.add(link, at=CONNECT_DOWN_AT, duration=CONNECT_UP_AT - CONNECT_DOWN_AT if comes_back else None)
     with ExitStack() as pinned:
-        if client.has_sysctl(LINEAR):
-            pinned.enter_context(Sysctls(client, {LINEAR: 0}))
-        timeouts = _connect_sysctls(client)
+        if client.has_sysctl(SYN_LINEAR_TIMEOUTS):
+            pinned.enter_context(Sysctls(client, {SYN_LINEAR_TIMEOUTS: 0}))
+        timeouts = host_syn_timeouts(client)
         with capture(server, f"tcp port {PORT}") as wire, sample(client, port=PORT, period_ms=PERIOD_MS) as states:
             with schedule:
                 rec = client.connect(addr=server.addr, port=PORT)

@@ -130,7 +130,6 @@ def test_s21_heartbeat_detects_the_dead_peer_in_three_seconds_while_tcp_is_estab
     assert [sock.states for sock in server_states.sockets] == [["ESTABLISHED"]], server_states.table()
     # What TCP does meanwhile: the first unanswered heartbeat retransmitted with a doubling RTO.
     times = flow.data_schedule(HEALTHY)
-    rto = next(e["tcp_info"]["rto_us"] for e in reversed(states.to_json())
-               if e.get("tcp_info") and e["t"] <= times.times[0] and e["tcp_info"]["backoff"] == 0) / 1e6
+    rto = states.base_rto(before=times.times[0])
     expect_schedule(times, [rto * 2 ** i for i in range(len(times) - 1)], "first unanswered heartbeat", flow=flow)
     assert len(times) >= 3 and not flow.of(Kind.RST), evidence

@@ -12,20 +12,10 @@ from harness.errors import NetfaultError, ResultsError
 from harness.results import CompletedTest, write_bundle, write_json
 from harness.results_reader import load_run
 
-MANIFEST = {
-    "format": 1, "run_id": "run-1",
-    "start": {"utc": "2026-01-01T00:00:00+00:00", "epoch": 1767225600.0},
-    "end": {"utc": "2026-01-01T00:01:00+00:00", "epoch": 1767225660.0},
-    "harness": {"version": "0.1.0", "git_commit": "unknown"}, "python": "3.11.2", "pytest": "8.3.0",
-    "command_line": {"argv": ["pytest"], "pytest_args": [], "dir": "/work"},
-    "engine": {"server_version": "27.0", "kernel_version": "6.1.0", "operating_system": "Debian", "error": None},
-    "hosts": [{"worker": "main", "host": "client", "kernel_release": "6.1.0",
-               "sysctls": {"net.ipv4.tcp_syn_retries": "6", "net.ipv4.tcp_retries2": "15",
-                           "net.ipv4.tcp_congestion_control": "cubic"}}],
-    "workers": ["main"], "exit_status": 0, "tests": [],
-    "totals": {"tests": 1, "files": 2, "bytes": 100, "pcap_files": 0, "pcap_bytes": 0, "pcaps_truncated": 0,
-               "half_written": 0},
-}
+from report_helpers import MANIFEST as REPORT_MANIFEST
+
+MANIFEST = {**REPORT_MANIFEST, "run_id": "run-1", "exit_status": 0,
+            "totals": {**REPORT_MANIFEST["totals"], "tests": 1, "files": 2, "bytes": 100}}
 NODEID = "t.py::test_a"
 
 
