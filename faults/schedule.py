@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -38,9 +39,13 @@ class _Step:
 
 
 class Schedule:
-    """Faults on a timeline relative to the start of a `with` block; all healed when it ends."""
+    """Faults on a timeline relative to the start of a `with` block; all healed when it ends.
 
-    def __init__(self) -> None:
+    `on_done(action, fault)` is called after each apply or heal that succeeded (action "apply" or "heal").
+    """
+
+    def __init__(self, on_done: Callable[[str, Fault], None] | None = None) -> None:
+        self.on_done = on_done
         self.steps: list[_Step] = []
         self.started_at: float | None = None
         self._stop = threading.Event()
@@ -79,6 +84,8 @@ class Schedule:
                 step.heal_started = time.monotonic()
                 step.fault.heal()
                 step.healed = True
+            if self.on_done is not None:
+                self.on_done(action, step.fault)
         except BaseException as exc:  # noqa: BLE001 - raised again when the block ends
             self._errors.append((f"{action} of {step.fault.describe()}", exc))
 

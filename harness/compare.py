@@ -44,10 +44,11 @@ ABSENT = "(not in this run)"
 
 @dataclass(frozen=True)
 class KeySyscall:
-    """The syscall a test is about: `label` is 'host op' or 'host op ERRNAME'."""
+    """The syscall a test is about: `label` is 'host op' or 'host op ERRNAME'; `errname` its errno, if any."""
 
     label: str
     elapsed: float
+    errname: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,20 @@ def compare(a: Run, b: Run) -> Comparison:
 
 def header(a: dict[str, Any], b: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
     """The two manifests' run ids, harness versions and commits, engine and host kernels."""
-    def side(m: dict[str, Any]) -> dict[str, str]:
-        hosts = sorted({f"{h['host']} {h['kernel_release']}" for h in m["hosts"]})
-        return {"run id": m["run_id"], "harness": m["harness"]["version"], "commit": m["harness"]["git_commit"],
-                "engine kernel": m["engine"]["kernel_version"] or f"unknown ({m['engine']['error']})",
-                "host kernels": ", ".join(hosts) or "(none recorded)",
-                "docker": m["engine"]["server_version"] or "unknown"}
-    fa, fb = side(a), side(b)
+    fa, fb = run_facts(a), run_facts(b)
     return tuple((label, fa[label], fb[label]) for label in fa)
+
+
+def run_facts(m: dict[str, Any]) -> dict[str, str]:
+    """A manifest's run id, harness version and commit, engine and host kernels, by label."""
+    hosts = sorted({f"{h['host']} {h['kernel_release']}" for h in m["hosts"]})
+    backends = sorted({h.get("backend", "docker") for h in m["hosts"]})
+    engine = "-" if backends == ["netns"] else None
+    return {"run id": m["run_id"], "harness": m["harness"]["version"], "commit": m["harness"]["git_commit"],
+            "backend": ", ".join(backends) or "(none recorded)",
+            "engine kernel": m["engine"]["kernel_version"] or engine or f"unknown ({m['engine']['error']})",
+            "host kernels": ", ".join(hosts) or "(none recorded)",
+            "docker": m["engine"]["server_version"] or engine or "unknown"}
 
 
 def facts(bundle: Bundle) -> Facts:
@@ -218,7 +225,7 @@ def _key(calls: list[dict[str, Any]]) -> KeySyscall | None:
         return None
     data = chosen.data
     label = " ".join(part for part in (chosen.host, data["op"], data["errname"]) if part)
-    return KeySyscall(label, data["t1"] - data["t0"])
+    return KeySyscall(label, data["t1"] - data["t0"], data["errname"])
 
 
 def _repeats(bundle: Bundle, timeline: list[dict[str, Any]]) -> dict[str, tuple[float, ...]]:

@@ -1,7 +1,9 @@
-"""What one test produced, gathered as it happens: syscall records per host, faults, captures, socket histories.
+"""What one test produced, gathered as it happens: syscall records per host, faults, captures, socket histories,
+programs' launches and exits.
 
 The pytest plugin opens a collection around each test (`collecting()`); the places that produce evidence add
-to the open one (an Endpoint's syscall results, a Fault's apply, a capture's end, a sampler's stop). Outside
+to the open one (an Endpoint's syscall results, a Fault's apply, a capture's end, a sampler's stop, a program's
+launch or end). Outside
 a collection nothing is kept. The timeline (harness.timeline) is built from it.
 """
 
@@ -27,6 +29,7 @@ class Evidence:
     faults: list[Any] = field(default_factory=list)
     wires: list[Wire] = field(default_factory=list)
     histories: list[tuple[str, Any]] = field(default_factory=list)
+    programs: list[tuple[str, float, str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_records(self, host: str, records: list[SyscallRecord]) -> None:
@@ -45,6 +48,10 @@ class Evidence:
     def add_history(self, host: str, history: Any) -> None:
         with self.lock:
             self.histories.append((host, history))
+
+    def add_program(self, host: str, t: float, text: str, data: dict[str, Any]) -> None:
+        with self.lock:
+            self.programs.append((host, t, text, data))
 
 
 _current: Evidence | None = None
@@ -92,3 +99,9 @@ def note_history(host: str, history: Any) -> None:
     """Keep a socket-state history from a sampler."""
     if _current is not None:
         _current.add_history(host, history)
+
+
+def note_program(host: str, t: float | None, text: str, data: dict[str, Any]) -> None:
+    """Keep a program's launch, signal or exit (harness.programs) at `t` (CLOCK_MONOTONIC; None: unknown, dropped)."""
+    if _current is not None and t is not None:
+        _current.add_program(host, t, text, data)

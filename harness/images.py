@@ -2,23 +2,27 @@
 
 The peer image is ``images/peer/Dockerfile`` built on a base: ``debian:bookworm-slim`` where the engine
 has it or a registry answers, else ``netfault/base:bookworm-<hash>``, a debootstrap rootfs from the host's
-Debian mirror streamed into the engine with ``docker import``. See docs/images.md.
+Debian mirror streamed into the engine with ``docker import``. On it: the peer image plus extra Debian packages
+(``images/extras/Dockerfile``), and ``FROM scratch`` images of one static binary. See docs/images.md.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
 import select
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from .errors import NetfaultError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PEER_DIR = REPO_ROOT / "images" / "peer"
+EXTRAS_DIR = REPO_ROOT / "images" / "extras"
 AGENT_DIR = REPO_ROOT / "harness" / "agent"
 AGENT_PACKAGE = "netfault_agent"
 
@@ -62,6 +67,10 @@ DPKG_SLIM = "etc/dpkg/dpkg.cfg.d/netfault-slim"  # kept in the image
 DPKG_UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/netfault-unsafe-io"  # removed after debootstrap
 
 Progress = Callable[[str], None]
+
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
+SCRATCH_RECIPE = 'FROM scratch\nCOPY {name} /{name}\nCMD ["/{name}"]\n'  # the context's file is mode 755
+PT_INTERP = 3
 
 
 class BuildError(NetfaultError):
@@ -426,18 +435,20 @@ def _resolve_base(client: docker.DockerClient, mode: str, force: bool, say: Prog
     return base_tag, _debootstrap_base(client, base_tag, say, logs)
 
 
-def _build_peer(client: docker.DockerClient, base_ref: str, tag: str, content: str,
-                files: Mapping[str, bytes], nocache: bool, say: Progress, log: Path) -> None:
-    """docker build of the generated context, a progress line per Dockerfile step."""
+def _docker_build(client: docker.DockerClient, files: Mapping[str, bytes], tag: str, *, buildargs: dict[str, str],
+                  labels: dict[str, str], nocache: bool, say: Progress, log: Path,
+                  executables: Iterable[str] = ()) -> None:
+    """docker build of a generated context (`files` by path; `executables` get mode 755, COPY keeps it), a
+    progress line per Dockerfile step."""
     step = "build: start"
     with tempfile.TemporaryDirectory(prefix="netfault-context-") as ctx, log.open("w", buffering=1) as out:
-        (Path(ctx) / AGENT_PACKAGE).mkdir()
         for rel, data in files.items():
             (Path(ctx) / rel).parent.mkdir(parents=True, exist_ok=True)
             (Path(ctx) / rel).write_bytes(data)
-        events = client.api.build(path=ctx, tag=tag, buildargs={"BASE": base_ref}, nocache=nocache, rm=True,
-                                  forcerm=True, pull=False, decode=True, timeout=600,
-                                  labels={"netfault.content": content})
+        for rel in executables:
+            (Path(ctx) / rel).chmod(0o755)
+        events = client.api.build(path=ctx, tag=tag, buildargs=buildargs, nocache=nocache, rm=True, forcerm=True,
+                                  pull=False, decode=True, timeout=1800, labels=labels)
         for event in events:
             text = event.get("stream", "")
             out.write(text)
@@ -468,16 +479,18 @@ def _stderr(line: str) -> None:
 
 
 def ensure_peer_image(client: docker.DockerClient, *, base: str = "auto", force: bool = False,
-                      progress: Progress = _stderr) -> str:
+                      progress: Progress = _stderr, extra_packages: Sequence[str] = ()) -> str:
     """Return the peer image's content tag, building the image (and its base) if missing.
 
     ``base``: ``auto`` (local debian:bookworm-slim, else a local debootstrap base, else a pull, else
     debootstrap), ``registry`` or ``debootstrap``. ``force`` rebuilds the peer image and, when the base
     comes from debootstrap, the base too (without the build cache). Also tags the result
-    ``netfault/peer:latest``.
+    ``netfault/peer:latest``. With ``extra_packages`` (Debian package names), returns instead the tag of the
+    peer image plus those packages (see `ensure_extras_image`), built on it if missing.
     """
     if base not in BASE_MODES:
         raise ValueError(f"base must be one of {', '.join(BASE_MODES)}, not {base!r}")
+    packages = check_package_names(extra_packages)
     say = _Reporter(progress)
     logs = build_log_dir()
     logs.mkdir(parents=True, exist_ok=True)
@@ -490,7 +503,138 @@ def ensure_peer_image(client: docker.DockerClient, *, base: str = "auto", force:
             say(f"{tag} is up to date")
         else:
             say(f"building {tag} on {base_ref}, log {logs / 'build.log'}")
-            _build_peer(client, base_ref, tag, content, files, force, say, logs / "build.log")
+            _docker_build(client, files, tag, buildargs={"BASE": base_ref}, labels={"netfault.content": content},
+                          nocache=force, say=say, log=logs / "build.log")
             say(f"built {tag} ({client.images.get(tag).attrs['Size'] / 1e6:.0f} MB)")
         client.api.tag(tag, PEER_REPO, "latest")
+        return _ensure_extras(client, tag, packages, force, say, logs) if packages else tag
+
+
+# ---------------------------------------------------------------- extra packages
+
+def check_package_names(packages: Iterable[str]) -> list[str]:
+    """Sorted, without repeats; a name that is not a Debian package name is a BuildError naming it."""
+    names = sorted(set(packages))
+    bad = [name for name in names if not DEBIAN_PACKAGE.fullmatch(name)]
+    if bad:
+        raise BuildError(f"not Debian package names: {', '.join(map(repr, bad))} (lower-case letters, digits, "
+                         "'+', '-', '.'; at least two characters)")
+    return names
+
+
+def extras_context(packages: Sequence[str], mirror_url: str, extras_dir: Path = EXTRAS_DIR) -> dict[str, bytes]:
+    """The build context of a peer-plus-packages image: its Dockerfile, packages.txt, sources.list."""
+    return {"Dockerfile": (extras_dir / "Dockerfile").read_bytes(),
+            "packages.txt": "".join(f"{name}\n" for name in packages).encode(),
+            "sources.list": f"deb {mirror_url} {SUITE} main\n".encode()}
+
+
+def extras_image_tag(packages: Sequence[str], peer_id: str, files: Mapping[str, bytes]) -> tuple[str, str]:
+    """(tag, content hash): ``netfault/peer-<hash8 of the packages>:<hash12>`` over the context but the mirror
+    (every mirror gives the same tag, as for the base) and the peer image's ID."""
+    content = _digest([*sorted((k, v) for k, v in files.items() if k != "sources.list"), ("peer", peer_id.encode())])
+    packages_hash = _digest([("packages", "\n".join(packages).encode())])[:8]
+    return f"{PEER_REPO}-{packages_hash}:{content[:12]}", content
+
+
+def _ensure_extras(client: docker.DockerClient, peer_tag: str, packages: list[str], force: bool, say: Progress,
+                   logs: Path) -> str:
+    """The peer image plus `packages`, installed by apt from the base's Debian mirror in a build container."""
+    mirror = find_mirror()
+    if not mirror.url.startswith(("http://", "https://")):
+        raise BuildError(f"extra packages are installed by apt in a build container, which cannot read the mirror "
+                         f"{mirror.url} (from {mirror.origin}): set {MIRROR_ENV} to an http(s) Debian mirror")
+    files = extras_context(packages, mirror.url)
+    tag, content = extras_image_tag(packages, client.images.get(peer_tag).id, files)
+    repo = tag.split(":", 1)[0]
+    if not force and _local_image(client, tag):
+        say(f"{tag} (extra packages: {' '.join(packages)}) is up to date")
+    else:
+        log = logs / "build-extras.log"
+        say(f"building {tag} on {peer_tag} with {' '.join(packages)} from {mirror.url}, log {log}")
+        _docker_build(client, files, tag, buildargs={"PEER": peer_tag}, nocache=force, say=say, log=log,
+                      labels={"netfault.content": content, "netfault.extra-packages": " ".join(packages)})
+        say(f"built {tag} ({client.images.get(tag).attrs['Size'] / 1e6:.0f} MB)")
+    client.api.tag(tag, repo, "latest")
     return tag
+
+
+# ---------------------------------------------------------------- FROM scratch images of one static binary
+
+def _elf_interpreter(binary: Path) -> bool | None:
+    """Whether an ELF file asks for a program interpreter (dynamic linking); None if it is not a 64-bit ELF."""
+    data = binary.read_bytes()
+    if data[:5] != b"\x7fELF\x02":
+        return None
+    order = "<" if data[5] == 1 else ">"
+    phoff, = struct.unpack_from(order + "Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from(order + "HH", data, 0x36)
+    return any(struct.unpack_from(order + "I", data, phoff + i * phentsize)[0] == PT_INTERP for i in range(phnum))
+
+
+def build_scratch_image(client: docker.DockerClient, binary: Path, tag: str | None = None, *,
+                        progress: Progress = _stderr) -> str:
+    """A ``FROM scratch`` image holding only the static `binary`, as ``/<its name>`` and its CMD; no registry is
+    needed. The tag defaults to ``netfault/<name>:<hash12>`` of the binary; an up-to-date image is not rebuilt."""
+    say = _Reporter(progress)
+    interpreted = _elf_interpreter(binary)
+    if interpreted is None:
+        raise BuildError(f"{binary} is not a 64-bit ELF executable")
+    if interpreted:
+        raise BuildError(f"{binary} is dynamically linked: a FROM scratch image has no libc or loader; link it with "
+                         "-static (see compile_static)")
+    name = binary.name
+    content = _digest([("recipe", SCRATCH_RECIPE.encode()), ("name", name.encode()), ("mode", b"755"),
+                       ("binary", binary.read_bytes())])
+    tag = tag or f"netfault/{name.lower()}:{content[:12]}"
+    image = _local_image(client, tag)
+    if image is not None and image.labels.get("netfault.content") == content:
+        say(f"{tag} is up to date")
+        return tag
+    files = {"Dockerfile": SCRATCH_RECIPE.format(name=name).encode(), name: binary.read_bytes()}
+    logs = build_log_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    _docker_build(client, files, tag, buildargs={}, labels={"netfault.image": "scratch", "netfault.content": content},
+                  nocache=False, say=say, log=logs / "build-scratch.log", executables=[name])
+    say(f"built {tag}: only /{name} ({binary.stat().st_size / 1e3:.0f} kB)")
+    return tag
+
+
+def compile_static(source: Path, output: Path | None = None, *, client: docker.DockerClient | None = None,
+                   image: str | None = None, progress: Progress = _stderr) -> Path:
+    """Compile one C file into a static binary (``gcc -static -O2``): with this machine's gcc, or in `image` (a
+    Docker image with gcc and libc6-dev; default when this machine has no gcc and `client` is given: the peer
+    image plus those packages, built if missing). Output: `output`, default ``<build log dir>/bin/<stem>``."""
+    say = _Reporter(progress)
+    output = output or build_log_dir() / "bin" / source.stem
+    output.parent.mkdir(parents=True, exist_ok=True)
+    flags = ["-static", "-O2", "-Wall", "-Wextra"]
+    if image is None and shutil.which("gcc"):
+        say(f"gcc: {source} -> {output}")
+        _run_step("gcc", ["gcc", *flags, "-o", str(output), str(source)], build_log_dir() / "gcc.log", say)
+        return output
+    if client is None:
+        raise BuildError("this machine has no gcc: apt-get install gcc libc6-dev, or pass a Docker client (and an "
+                         "image with gcc) to compile in a container")
+    image = image or ensure_peer_image(client, extra_packages=["gcc", "libc6-dev"], progress=progress)
+    say(f"gcc in {image}: {source} -> {output}")
+    api = client.api
+    container = api.create_container(image, command=["sleep", "infinity"], network_disabled=True,
+                                     labels={"netfault.image": "compile"})["Id"]
+    try:
+        api.start(container)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(source, arcname=f"src/{source.name}")
+        api.put_archive(container, "/", archive.getvalue())
+        run = api.exec_create(container, ["gcc", *flags, "-o", "/src/a.out", f"/src/{source.name}"])["Id"]
+        printed = api.exec_start(run).decode(errors="replace")
+        if api.exec_inspect(run)["ExitCode"] != 0:
+            raise BuildError(f"gcc in {image} failed on {source}:\n{printed}")
+        stream, _ = api.get_archive(container, "/src/a.out")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            output.write_bytes(tar.extractfile("a.out").read())  # type: ignore[union-attr]
+        output.chmod(0o755)
+    finally:
+        api.remove_container(container, force=True)
+    return output

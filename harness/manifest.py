@@ -15,6 +15,7 @@ import pytest
 
 from .docker_client import connect_docker
 from .errors import EngineUnavailable
+from .results import FORMAT, totals
 
 if TYPE_CHECKING:
     from .backends.base import Host
@@ -54,6 +55,11 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     return out.stdout.strip() if out.returncode == 0 else UNKNOWN
 
 
+# The engine facts of a run whose hosts were all network namespaces.
+NO_ENGINE = {"server_version": None, "kernel_version": None, "operating_system": None,
+             "error": "no container engine: the hosts were network namespaces (netns backend)"}
+
+
 def engine_facts() -> dict[str, Any]:
     """The Docker engine's version, kernel and OS from `docker info`; an `error` instead when it is unreachable."""
     try:
@@ -65,19 +71,33 @@ def engine_facts() -> dict[str, Any]:
 
 
 def host_facts(worker: str, host: Host) -> dict[str, Any]:
-    """A host's kernel release and baseline sysctls (read before any test pins its own)."""
+    """A host's backend, kernel release and baseline sysctls (read before any test pins its own)."""
     keys = list(BASELINE_SYSCTLS) + [key for key in OPTIONAL_SYSCTLS if host.has_sysctl(key)]
-    return {"worker": worker, "host": host.name, "kernel_release": host.kernel_release,
-            "sysctls": host.sysctl_get(keys)}
+    return {"worker": worker, "host": host.name, "backend": host.driver.backend.name,
+            "kernel_release": host.kernel_release, "sysctls": host.sysctl_get(keys)}
 
 
-def runtime_facts(config: pytest.Config) -> dict[str, Any]:
-    """Python, pytest, harness and the command line of this session."""
-    params = config.invocation_params
+def runtime_facts(config: pytest.Config | None) -> dict[str, Any]:
+    """Python, pytest, harness and the command line of this session (None: a command other than pytest)."""
+    params = None if config is None else config.invocation_params
     return {
         "harness": {"version": harness_version(), "git_commit": git_commit()},
         "python": platform.python_version(),
         "pytest": pytest.__version__,
-        "command_line": {"argv": [sys.executable, *sys.argv], "pytest_args": list(params.args),
-                         "dir": str(params.dir)},
+        "command_line": {"argv": [sys.executable, *sys.argv],
+                         "pytest_args": [] if params is None else list(params.args),
+                         "dir": str(Path.cwd() if params is None else params.dir)},
+    }
+
+
+def run_manifest(run_dir: Path, run_id: str, start: dict[str, Any], runtime: dict[str, Any],
+                 hosts: list[dict[str, Any]], workers: list[str], exit_status: int,
+                 tests: list[dict[str, str]]) -> dict[str, Any]:
+    """A run's manifest, once every test of it has run: `runtime` from runtime_facts, `hosts` from host_facts,
+    `tests` the nodeid and bundle directory of each."""
+    return {
+        "format": FORMAT, "run_id": run_id, "start": start, "end": timestamp(), **runtime,
+        "engine": NO_ENGINE if hosts and all(h.get("backend") == "netns" for h in hosts) else engine_facts(),
+        "hosts": hosts, "workers": workers, "exit_status": exit_status,
+        "tests": sorted(tests, key=lambda test: test["nodeid"]), "totals": totals(run_dir),
     }

@@ -10,18 +10,22 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from . import evidence
-from .backends.base import Backend, Host, Testbed
+from .backends import BACKENDS, open_backend
+from .backends.base import Host, Testbed
 from .errors import ConfigError, EngineUnavailable, MissingCapability, NetfaultError
 from .netstate import differences, snapshot
 from .results_plugin import ResultsRecorder
 from .runinfo import RunInfo
 from .timeline import Timeline
 from .topology import load_topology
+
+# Scenario files (*.netfault.yaml) are collected as tests too.
+pytest_plugins = ["harness.scenario_plugin"]
 
 RUN_KEY = pytest.StashKey[RunInfo]()
 SYSCTLS_KEY = pytest.StashKey[dict]()
@@ -49,8 +53,9 @@ class Pair:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netfault", "netfault: network fault scenarios")
-    group.addoption("--netfault-backend", choices=["docker"], default=None,
-                    help="where hosts run (default: ini netfault_backend, $NETFAULT_BACKEND, docker)")
+    group.addoption("--netfault-backend", choices=BACKENDS, default=None,
+                    help="where hosts run: docker (containers) or netns (network namespaces of this machine, root, "
+                         "no engine; default: ini netfault_backend, $NETFAULT_BACKEND, docker)")
     group.addoption("--netfault-image", default=None,
                     help="peer image for hosts (default: ini netfault_image, $NETFAULT_IMAGE, the content tag "
                          "of the current sources, built if missing)")
@@ -58,15 +63,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write DIR/<run-id>/ (a manifest and an evidence bundle per test using pair) and point "
                          "DIR/latest at it (default: $NETFAULT_RESULTS, else ini netfault_results relative to the "
                          "rootdir, written only when a test used the hosts; none: nothing written)")
-    parser.addini("netfault_backend", "backend for hosts (docker)", default=None)
+    parser.addini("netfault_backend", "backend for hosts (docker or netns)", default=None)
     parser.addini("netfault_image", "peer image for hosts", default=None)
     parser.addini("netfault_results", "directory for run results (see --netfault-results)", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "faults: a fault scenario run against real hosts (needs a Docker engine; skipped without one, "
-        "failed without one when CI=true)")
+        "markers", "faults: a fault scenario run against real hosts (needs the backend: a Docker engine, or root "
+        "for netns; skipped without it, failed without it when CI=true)")
+    config.addinivalue_line(
+        "markers", "backend(name, reason): the test needs that backend (e.g. it inspects containers); skipped with "
+        "the reason on the others")
     config.addinivalue_line(
         "markers", "sysctls(**hosts): per-host sysctls for one test, restored after it, e.g. "
         "sysctls(client={'net.ipv4.tcp_syn_retries': 2})")
@@ -110,8 +118,11 @@ def _setting(config: pytest.Config, option: str, ini: str, env: str, default: st
     return config.getoption(option) or config.getini(ini) or os.environ.get(env) or default
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+def missing_prerequisite(reason: str, what: str = "prerequisite") -> NoReturn:
+    """Skip the test with `reason`; with CI=true, fail it instead: CI must not pass by skipping."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing {what} is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -124,35 +135,25 @@ def _say(config: pytest.Config, line: str) -> None:
         reporter.write_line(f"netfault: {line}")
 
 
-def _docker_backend(config: pytest.Config) -> Backend:
-    from .backends.docker import DockerBackend
-    from .docker_client import connect_docker
-    from .images import ensure_peer_image
-    from .reaper import reap
-
-    client = connect_docker()
-    reaped = reap(client)
-    if reaped.containers or reaped.networks:
-        _say(config, "reaped leftovers of dead runs: " + reaped.summary())
-    image = _setting(config, "netfault_image", "netfault_image", "NETFAULT_IMAGE", None)
-    if image is None:
-        image = ensure_peer_image(client, progress=lambda line: _say(config, line))
-    return DockerBackend(client, load_topology(), image, config.stash[RUN_KEY], progress=lambda l: _say(config, l))
+def backend_name(config: pytest.Config) -> str:
+    """The backend this session uses: option > ini > $NETFAULT_BACKEND > docker."""
+    name = _setting(config, "netfault_backend", "netfault_backend", "NETFAULT_BACKEND", "docker")
+    if name not in BACKENDS:
+        source = ("ini netfault_backend" if config.getini("netfault_backend") else "$NETFAULT_BACKEND")
+        raise pytest.UsageError(f"netfault: unknown backend {name!r} from {source} (known: {', '.join(BACKENDS)})")
+    return name
 
 
 @pytest.fixture(scope="session")
 def netfault_testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     """The session's hosts on their own network (one network per xdist worker), removed at the end."""
     config = request.config
-    backend_name = _setting(config, "netfault_backend", "netfault_backend", "NETFAULT_BACKEND", "docker")
-    if backend_name != "docker":
-        raise pytest.UsageError(f"netfault: unknown backend {backend_name!r} (known: docker)")
     try:
-        backend = _docker_backend(config)
+        backend = open_backend(backend_name(config), load_topology(), config.stash[RUN_KEY],
+                               image=_setting(config, "netfault_image", "netfault_image", "NETFAULT_IMAGE", None),
+                               progress=lambda line: _say(config, line))
     except EngineUnavailable as exc:
-        if _in_ci():
-            pytest.fail(f"{exc} (CI=true: a missing engine is a failure, not a skip)", pytrace=False)
-        pytest.skip(str(exc))
+        missing_prerequisite(str(exc), "engine")
     try:
         testbed = backend.create(_worker())
     except BaseException:
@@ -222,16 +223,36 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
 
 
 def _undo(testbed: Testbed, undo: list[tuple[Host, dict[str, str]]]) -> None:
-    """Reset every agent and destroy the sockets the kernel still holds, then restore sysctls in reverse order
-    of setting."""
-    testbed.reset()
+    """Bring back hosts the test left paused or down (failing its teardown), reset every agent and destroy the
+    sockets the kernel still holds, then restore sysctls in reverse order of setting."""
+    revived = _revive(testbed)
+    try:
+        testbed.reset()
+        for host in testbed.hosts.values():
+            left = host.destroy_sockets()
+            if left:
+                raise NetfaultError(f"ss -K (SOCK_DESTROY) left sockets on {host.name}: is the kernel built without "
+                                    f"CONFIG_INET_DIAG_DESTROY? The next test would see them: {left}")
+    finally:
+        for host, previous in reversed(undo):
+            host.set_sysctls(previous)
+    if revived:
+        raise NetfaultError("the test left hosts not running (brought back for the next test): " + "; ".join(revived))
+
+
+def _revive(testbed: Testbed) -> list[str]:
+    """Unpause paused hosts and start stopped ones; what was done, per host."""
+    done = []
     for host in testbed.hosts.values():
-        left = host.destroy_sockets()
-        if left:
-            raise NetfaultError(f"ss -K (SOCK_DESTROY) left sockets on {host.name}: is the kernel built without "
-                                f"CONFIG_INET_DIAG_DESTROY? The next test would see them: {left}")
-    for host, previous in reversed(undo):
-        host.set_sysctls(previous)
+        state = host.state()
+        if state == "paused":
+            host.unpause()
+        elif state != "running":
+            host.start()
+        else:
+            continue
+        done.append(f"{host.name} was {state}")
+    return done
 
 
 def _check_nothing_left(testbed: Testbed, baselines: dict[str, dict[str, Any]]) -> None:
@@ -268,15 +289,26 @@ def _skip_on_missing_capability(item: pytest.Item) -> Iterator[None]:
         pytest.skip(exc.reason)
 
 
-pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_skip_on_missing_capability)
-pytest_runtest_call = pytest_runtest_setup
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Skip a test marked for another backend; a missing capability in a fixture skips with its reason."""
+    marker = item.get_closest_marker("backend")
+    if marker is not None:
+        wanted, reason = marker.args
+        current = backend_name(item.config)
+        if current != wanted:
+            pytest.skip(f"needs the {wanted} backend ({reason}); this session uses {current}")
+    return (yield from _skip_on_missing_capability(item))
+
+
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_skip_on_missing_capability)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
     """A failed test that used the hosts gets its timeline (faults, syscalls, packets, states) in the report; with
-    results enabled, every test that used `pair` gets its bundle written after its teardown, and its path as the
-    report's `netfault.evidence` property (JUnit XML)."""
+    results enabled, every test that used `pair` (or ran a scenario file) gets its bundle written after its teardown,
+    and its path as the report's `netfault.evidence` property (JUnit XML)."""
     report = yield
     collected = item.stash.get(EVIDENCE_KEY, None)
     if report.failed and call.when == "call" and collected is not None:
@@ -284,7 +316,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     reports = item.stash.setdefault(REPORTS_KEY, {})
     reports[call.when] = report
     recorder = item.config.stash.get(RESULTS_KEY, None)
-    if recorder is not None and call.when == "teardown" and "pair" in getattr(item, "fixturenames", ()):
+    used_hosts = "pair" in getattr(item, "fixturenames", ()) or EVIDENCE_KEY in item.stash  # scenario files too
+    if recorder is not None and call.when == "teardown" and used_hosts:
         report.user_properties += recorder.write(item, reports, collected, item.stash.get(SYSCTLS_KEY, {}),
                                                  item.stash.get(HOSTS_KEY, {}))
     return report

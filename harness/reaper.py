@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import docker
 import docker.errors
 
-from .runinfo import LABEL_RUN, owner_alive
+from .runinfo import LABEL_MACHINE, LABEL_RUN, owner_alive
 
 
 @dataclass
-class ReapReport:
-    """What a reap found and did."""
+class RunsSeen:
+    """The runs a reaper left alone: live ones, and ones made on other machines (whose liveness it cannot know)."""
 
-    containers: list[str] = field(default_factory=list)
-    networks: list[str] = field(default_factory=list)
     kept_runs: set[str] = field(default_factory=set)
     foreign_runs: set[str] = field(default_factory=set)
 
-    def summary(self) -> str:
-        parts = [f"removed {len(self.containers)} container(s) and {len(self.networks)} network(s)"]
+    def summary_of(self, removed: str) -> str:
+        """`removed`, then the runs kept and left, as one line."""
+        parts = [removed]
         if self.kept_runs:
             parts.append(f"kept {len(self.kept_runs)} live run(s): {', '.join(sorted(self.kept_runs))}")
         if self.foreign_runs:
-            parts.append(
-                f"left {len(self.foreign_runs)} run(s) made on other machines (use --all): "
-                + ", ".join(sorted(self.foreign_runs))
-            )
+            parts.append(f"left {len(self.foreign_runs)} run(s) made on other machines (use --all): "
+                         + ", ".join(sorted(self.foreign_runs)))
         return "; ".join(parts)
+
+
+@dataclass
+class ReapReport(RunsSeen):
+    """What a reap of containers and networks found and did."""
+
+    containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return self.summary_of(f"removed {len(self.containers)} container(s) and {len(self.networks)} network(s)")
 
 
 def _gone_or_going(exc: docker.errors.APIError) -> bool:
@@ -38,7 +47,7 @@ def _gone_or_going(exc: docker.errors.APIError) -> bool:
         exc.status_code == 409 and "already in progress" in str(exc))
 
 
-def _is_dead(labels: dict[str, str], report: ReapReport, everything: bool, run_id: str | None) -> bool:
+def _is_dead(labels: dict[str, str], report: RunsSeen, everything: bool, run_id: str | None) -> bool:
     run = labels.get(LABEL_RUN, "?")
     if run_id is not None:
         return run == run_id
@@ -90,4 +99,31 @@ def reap(
                     continue
                 raise
             report.networks.append(network["Name"])
+    return report
+
+
+@dataclass
+class NamespaceReapReport(RunsSeen):
+    """What a reap of network namespaces found and did."""
+
+    namespaces: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return self.summary_of(f"removed {len(self.namespaces)} network namespace(s)")
+
+
+def reap_namespaces(*, everything: bool = False, run_id: str | None = None,
+                    progress: Callable[[str], None] = lambda line: None) -> NamespaceReapReport:
+    """Remove the netns backend's namespaces (their processes killed first) whose owning process is gone; a
+    namespace without a label file is a dead run's (the file is written before the namespace is made)."""
+    from .backends.netns import kill_namespace, list_namespaces, namespace_labels, remove_host_files
+
+    report = NamespaceReapReport()
+    for name in list_namespaces():
+        labels = namespace_labels(name) or {LABEL_RUN: "?", LABEL_MACHINE: socket.gethostname()}
+        if _is_dead(labels, report, everything, run_id):
+            progress(f"removing network namespace {name} (run {labels.get(LABEL_RUN)})")
+            kill_namespace(name)
+            remove_host_files(name)
+            report.namespaces.append(name)
     return report

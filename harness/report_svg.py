@@ -1,7 +1,8 @@
 """The geometry of a test's timeline picture: one lane per host, time left to right, marks for its events.
 
 A lane holds, top to bottom: packets (ticks; retransmissions taller and red), syscalls (a dot at the return,
-a bar while it blocked, its errno written under it), socket-state changes (squares with the new state).
+a bar while it blocked, its errno written under it), programs (a bar from launch to exit, the exit status at its
+end), socket-state changes (squares with the new state).
 Fault windows (apply .. heal, or the end) shade the lane of the host they act on, every lane for "*".
 The template (templates/report.html.j2) turns these shapes into SVG elements.
 """
@@ -139,6 +140,11 @@ def _marks(e: Event, retransmission: bool, x: Scale, y: float, title: str) -> li
         if errname:
             shapes.append(Shape("text", "errname", at, y + 54, text=errname, title=title))
         return shapes
+    if e.source == "program" and e.data.get("event") == "exit" and e.data.get("t0") is not None:
+        start = x(e.data["t0"])
+        status = e.data["signal"] or f"exit {e.data['returncode']}"
+        return [Shape("rect", "program", start, y + 47, max(at - start, 1), 4, title=title),
+                Shape("text", "program-label", at + 3, y + 52, text=f"{e.data['program']}: {status}", title=title)]
     if e.source == "state":
         change = e.data.get("change")
         shapes = [Shape("rect", "state", at - 3, y + 60, 6, 6, title=title)]

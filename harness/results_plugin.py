@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .evidence import Evidence
-from .manifest import engine_facts, host_facts, runtime_facts, timestamp
-from .results import FORMAT, MANIFEST, CompletedTest, point_latest, totals, write_bundle, write_json
+from .manifest import host_facts, run_manifest, runtime_facts, timestamp
+from .results import MANIFEST, CompletedTest, point_latest, write_bundle, write_json
 
 if TYPE_CHECKING:
     from .backends.base import Host
@@ -138,13 +138,6 @@ class ResultsRecorder:
 
     def manifest(self, exitstatus: int) -> dict[str, Any]:
         """The run's manifest, once every test has run."""
-        return {
-            "format": FORMAT, "run_id": self.run_id, "start": self.start, "end": timestamp(),
-            **runtime_facts(self.config),
-            "engine": engine_facts(),
-            "hosts": [self.hosts[key] for key in sorted(self.hosts)],
-            "workers": sorted(self.workers) or [self.worker],
-            "exit_status": exitstatus,
-            "tests": sorted(self.tests, key=lambda test: test["nodeid"]),
-            "totals": totals(self.run_dir),
-        }
+        return run_manifest(self.run_dir, self.run_id, self.start, runtime_facts(self.config),
+                            [self.hosts[key] for key in sorted(self.hosts)], sorted(self.workers) or [self.worker],
+                            exitstatus, self.tests)

@@ -39,9 +39,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "engine": _object({"server_version": _NULLABLE_STRING, "kernel_version": _NULLABLE_STRING,
                            "operating_system": _NULLABLE_STRING, "error": _NULLABLE_STRING}),
         "hosts": {"type": "array", "items": _object({
-            "worker": _STRING, "host": _STRING, "kernel_release": _STRING,
+            "worker": _STRING, "host": _STRING, "backend": {"enum": ["docker", "netns"]}, "kernel_release": _STRING,
             "sysctls": {**_SYSCTLS, "required": ["net.ipv4.tcp_syn_retries", "net.ipv4.tcp_retries2",
-                                                 "net.ipv4.tcp_congestion_control"]}})},
+                                                 "net.ipv4.tcp_congestion_control"]}},
+            required=["worker", "host", "kernel_release", "sysctls"])},
         "workers": {"type": "array", "items": _STRING, "minItems": 1},
         "exit_status": {"type": "integer"},
         "tests": {"type": "array", "items": _object({"nodeid": _STRING, "bundle": _STRING})},
@@ -89,7 +90,8 @@ TIMELINE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "netfault timeline (events in CLOCK_MONOTONIC order)",
     "type": "array",
-    "items": _object({"t": _NUMBER, "host": _STRING, "source": {"enum": ["fault", "syscall", "packet", "state"]},
+    "items": _object({"t": _NUMBER, "host": _STRING,
+                      "source": {"enum": ["fault", "syscall", "packet", "state", "program"]},
                       "text": _STRING, "data": {"type": "object"}}),
 }
 

@@ -24,7 +24,7 @@ MAX_ROWS = 200
 
 @dataclass(frozen=True)
 class Event:
-    """Something that happened at `t` on `host`: `source` is fault, syscall, packet or state."""
+    """Something that happened at `t` on `host`: `source` is fault, syscall, packet, state or program."""
 
     t: float
     host: str
@@ -88,6 +88,7 @@ class Timeline:
             events += [Event(p.t, wire.host, "packet", str(p), asdict(p)) for p in wire]
         for host, history in evidence.histories:
             events += [Event(t, host, "state", text, data) for t, text, data in history.events()]
+        events += [Event(t, host, "program", text, data) for host, t, text, data in evidence.programs]
         return cls(events)
 
     def __len__(self) -> int:

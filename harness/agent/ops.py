@@ -14,7 +14,7 @@ from . import delayline, link, sysctl, tc
 from .capture import Captures
 from .errors import BadRequest, ProcessDied
 from .handles import HandleTable
-from .procs import Children, run
+from .procs import Children, run, signal_marked
 from .records import clocks
 from .sampler import Samplers
 from .sockets import SocketOps
@@ -54,6 +54,7 @@ class Agent:
             "select": s.select, "send": s.send, "recv": s.recv, "shutdown": s.shutdown, "close": s.close,
             "sockets": self.snapshot,
             "spawn": c.spawn, "spawn_worker": self.spawn_worker, "signal": c.signal, "wait": c.wait, "run": run,
+            "output": c.output, "signal_marked": signal_marked,
             "sysctl_get": sysctl.sysctl_get, "sysctl_set": sysctl.sysctl_set,
             "capture_start": self.captures.start, "capture_stop": self.captures.stop,
             "sampler_start": self.samplers.start, "sampler_stop": self.samplers.stop,

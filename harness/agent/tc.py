@@ -34,6 +34,10 @@ def _tcmsg_class() -> type:
     class raw_tcmsg(tcmsg):  # noqa: N801 - pyroute2's naming
         nla_map = tuple(("TCA_OPTIONS", "cdata") if name == "TCA_OPTIONS" else (name, kind)
                         for name, kind in tcmsg.nla_map)
+        # pyroute2 compiles nla_map once per class and looks the flag up through the class: without this, a
+        # subclass made after tcmsg was compiled (any qdisc listed before) used tcmsg's map, which encoded
+        # our options as zeros (netem "limit 0": every packet dropped).
+        _nlmsg_base__compiled_nla = False
 
     return raw_tcmsg
 

@@ -16,13 +16,39 @@ from typing import Any
 
 import docker
 
-_STDOUT, _STDERR = 1, 2
+STDOUT, STDERR = 1, 2
 _STDERR_TAIL_LINES = 200
 
 
 def _writable(sock: Any) -> Any:
     """The object with sendall/shutdown under what docker-py returns for a hijacked stream."""
     return getattr(sock, "_sock", sock)
+
+
+def _read_exactly(sock: Any, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = docker.utils.socket.read(sock, n - len(buf))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+    return bytes(buf)
+
+
+def frames(sock: Any) -> Iterator[tuple[int, bytes]]:
+    """(stream, data) frames of a multiplexed exec stream (STDOUT, STDERR) until it ends; closes `sock`."""
+    try:
+        while True:
+            header = _read_exactly(sock, 8)
+            if len(header) < 8:
+                return
+            stream, size = struct.unpack(">BxxxL", header)
+            data = _read_exactly(sock, size)
+            yield stream, data
+            if len(data) < size:
+                return
+    finally:
+        sock.close()
 
 
 class DockerExecTransport:
@@ -44,32 +70,13 @@ class DockerExecTransport:
         with self._write_lock:
             self._out.sendall(data)
 
-    def _read_exactly(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = docker.utils.socket.read(self._sock, n - len(buf))
-            if not chunk:
-                return bytes(buf)
-            buf += chunk
-        return bytes(buf)
-
     def chunks(self) -> Iterator[bytes]:
         """Stdout bytes until the exec ends; stderr frames go to the tail kept for error messages."""
-        try:
-            while True:
-                header = self._read_exactly(8)
-                if len(header) < 8:
-                    return
-                stream, size = struct.unpack(">BxxxL", header)
-                data = self._read_exactly(size)
-                if stream == _STDOUT:
-                    yield data
-                elif stream == _STDERR:
-                    self._keep_stderr(data)
-                if len(data) < size:
-                    return
-        finally:
-            self._sock.close()
+        for stream, data in frames(self._sock):
+            if stream == STDOUT:
+                yield data
+            elif stream == STDERR:
+                self._keep_stderr(data)
 
     def _keep_stderr(self, data: bytes) -> None:
         lines = (self._partial_err + data).split(b"\n")

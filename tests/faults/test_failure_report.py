@@ -4,7 +4,6 @@ syscall, the packets, the socket states)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,13 +30,11 @@ def test_wrong_errno(pair):
 SESSION = 300
 
 
-def test_a_wrong_expectation_fails_with_the_timeline(pair, tmp_path: Path):
+def test_a_wrong_expectation_fails_with_the_timeline(pair, tmp_path: Path, inner_env: dict[str, str]):
     test_file = tmp_path / "test_wrong.py"
     test_file.write_text(WRONG)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "NETFAULT_"))}
-    env["NETFAULT_IMAGE"] = pair.testbed.backend.image
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-                          str(test_file)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          str(test_file)], cwd=tmp_path, env=inner_env, capture_output=True, text=True,
                          timeout=SESSION).stdout
 
     assert "1 failed" in out, out

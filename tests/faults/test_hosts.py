@@ -3,6 +3,8 @@ not depend on the network under test."""
 
 import ipaddress
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -39,9 +41,22 @@ def test_hosts_sit_on_a_private_internal_network_at_the_compose_host_numbers(pai
         # would leave the subnet through it.
         assert {r.get("gateway") for r in routes if r["dst"] == "default"} <= {gateway}, routes
     backend = pair.testbed.backend
-    ours = [n for n in backend.client.networks.list(filters={"label": f"netfault.run={backend.run.run_id}"})
-            if [c["Subnet"] for c in n.attrs["IPAM"]["Config"]] == [str(subnet)]]
-    assert [n.attrs["Internal"] for n in ours] == [True], [n.attrs for n in ours]
+    if backend.name == "docker":
+        ours = [n for n in backend.client.networks.list(filters={"label": f"netfault.run={backend.run.run_id}"})
+                if [c["Subnet"] for c in n.attrs["IPAM"]["Config"]] == [str(subnet)]]
+        assert [n.attrs["Internal"] for n in ours] == [True], [n.attrs for n in ours]
+    else:
+        # The bridge sits in a namespace of its own that forwards nothing; this machine's namespace has no
+        # address on the test network.
+        bridge = backend.bridges[os.environ.get("PYTEST_XDIST_WORKER", "main")]
+        forwarding = subprocess.run(["ip", "netns", "exec", bridge, "sysctl", "-n", "net.ipv4.ip_forward"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+        links = json.loads(subprocess.run(["ip", "-n", bridge, "-j", "link", "show"], capture_output=True,
+                                          text=True, check=True).stdout)
+        assert forwarding == "0" and {link["ifname"] for link in links} == {"lo", "br0", "v10", "v20"}, links
+        here = json.loads(subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True,
+                                         check=True).stdout)
+        assert not [a for link in here for a in link["addr_info"] if a["local"] in (gateway, pair.client.addr, pair.server.addr)], here
     assert ipaddress.IPv4Address(pair.unused_addr) in subnet
     assert pair.unused_addr not in (pair.client.addr, pair.server.addr, gateway)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -48,14 +47,12 @@ def _validate(path: Path, schema: dict) -> object:
     return value
 
 
-def test_a_run_writes_a_manifest_and_a_valid_bundle_per_test(pair, tmp_path: Path):
+def test_a_run_writes_a_manifest_and_a_valid_bundle_per_test(pair, tmp_path: Path, inner_env: dict[str, str]):
     (tmp_path / "test_inner.py").write_text(TESTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "NETFAULT_"))}
-    env["NETFAULT_IMAGE"] = pair.testbed.backend.image
     results = tmp_path / "results"
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
                           "-n", "2", f"--netfault-results={results}", f"--junitxml={tmp_path / 'junit.xml'}",
-                          "test_inner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=SESSION)
+                          "test_inner.py"], cwd=tmp_path, env=inner_env, capture_output=True, text=True, timeout=SESSION)
     out = run.stdout + run.stderr
     assert "1 failed, 1 passed" in out, out
 

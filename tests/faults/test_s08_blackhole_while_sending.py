@@ -8,6 +8,7 @@ from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, ex
 from harness.flows import tcp_flow
 from harness.kernel import COMMON_HZ, TCP_RTO_MIN, giveup_after, retries_budget, wheel_slack
 from harness.sockets import acked_connection, sample
+from harness.timing import SCHEDULING_SLACK
 
 pytestmark = pytest.mark.faults
 
@@ -29,10 +30,10 @@ PORT = 6666
 RETRIES2 = "net.ipv4.tcp_retries2"
 # The give-up rule compares kernel timestamps (tcp_time_stamp, 1 ms) taken at timer expiry with the budget;
 # the capture sees the same expiries within the clock alignment.
-GRAIN = 0.001 + CLOCK_ALIGNMENT
+GRAIN = 0.001 + CLOCK_ALIGNMENT + SCHEDULING_SLACK
 # Sampler period; its longest measured interval stays under 2 periods on the loaded CI machine.
 PERIOD_MS = 10
-SAMPLING = 2 * PERIOD_MS / 1000
+SAMPLING = 2 * PERIOD_MS / 1000 + SCHEDULING_SLACK
 SENDS, SEND_INTERVAL = 10, 0.1
 # A timer re-armed for "RTO minus the time since the retransmission" (the RFC 6069 revert) counts whole jiffies,
 # the elapsed part rounded up: it can fire up to one jiffy early, at most 10 ms over the common HZ values.

@@ -8,6 +8,7 @@ from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, ex
 from harness.flows import tcp_flow
 from harness.kernel import COMMON_HZ, TCP_RTO_MIN, giveup_after, retries_budget, wheel_slack
 from harness.sockets import acked_connection, sample
+from harness.timing import SCHEDULING_SLACK
 
 pytestmark = pytest.mark.faults
 
@@ -31,16 +32,16 @@ RETRIES2 = "net.ipv4.tcp_retries2"
 EARLY_RETRANS = "net.ipv4.tcp_early_retrans"
 # The give-up rules compare kernel timestamps (tcp_time_stamp, 1 ms) taken at timer expiry with the budget;
 # the capture sees the same expiries within the clock alignment.
-GRAIN = 0.001 + CLOCK_ALIGNMENT
+GRAIN = 0.001 + CLOCK_ALIGNMENT + SCHEDULING_SLACK
 # A timeout of n jiffies counts from inside the current jiffy, so it can end up to one jiffy early: at most
 # 10 ms over the common HZ values (100 .. 1000).
 TICK = 1 / min(COMMON_HZ)
 # Sampler period; its longest measured interval stays under 2 periods on the loaded CI machine.
 PERIOD_MS = 10
-SAMPLING = 2 * PERIOD_MS / 1000
+SAMPLING = 2 * PERIOD_MS / 1000 + SCHEDULING_SLACK
 # A send that finds room in the buffer, or fails at once, returns within microseconds (measured: 0.03-0.2 ms);
 # 0.1 s leaves room for a loaded machine and is still far below every timer in these tests.
-AT_ONCE = 0.1
+AT_ONCE = 0.1 + SCHEDULING_SLACK
 CHUNK = 4096
 # How long the application waits for the connection to fail (an event, not a timing assertion).
 GONE_WITHIN = 30

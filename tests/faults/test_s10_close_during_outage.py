@@ -9,6 +9,7 @@ from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, ex
 from harness.flows import tcp_flow
 from harness.kernel import giveup_after, retries_budget, wheel_slack
 from harness.sockets import acked_connection, sample
+from harness.timing import SCHEDULING_SLACK
 
 pytestmark = pytest.mark.faults
 
@@ -27,12 +28,12 @@ SCENARIO = {
 PORT = 6666
 ORPHAN_RETRIES = "net.ipv4.tcp_orphan_retries"
 # As in S08: kernel timestamps are in ms, and the capture sees the expiries within the clock alignment.
-GRAIN = 0.001 + CLOCK_ALIGNMENT
+GRAIN = 0.001 + CLOCK_ALIGNMENT + SCHEDULING_SLACK
 # Sampler period; its longest measured interval stays under 2 periods on the loaded CI machine.
 PERIOD_MS = 10
-SAMPLING = 2 * PERIOD_MS / 1000
+SAMPLING = 2 * PERIOD_MS / 1000 + SCHEDULING_SLACK
 # close() of a socket with unsent data only queues a FIN: it returns within milliseconds.
-AT_ONCE = 0.1
+AT_ONCE = 0.1 + SCHEDULING_SLACK
 
 
 @pytest.mark.sysctls(client={ORPHAN_RETRIES: 2, "net.ipv4.tcp_early_retrans": 0})

@@ -8,6 +8,7 @@ from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT
 from harness.flows import Kind, tcp_flow
 from harness.sockets import sample, wait_for
+from harness.timing import SCHEDULING_SLACK
 
 pytestmark = pytest.mark.faults
 
@@ -29,10 +30,10 @@ FIN_TIMEOUT = "net.ipv4.tcp_fin_timeout"
 # TCP_TIMEWAIT_LEN (include/net/tcp.h): a compile-time constant, no sysctl sets it.
 TIME_WAIT_LEN = 60.0
 # A rejected bind() or a successful listen() returns within microseconds (measured 0.004-0.03 ms).
-AT_ONCE = 0.01
+AT_ONCE = 0.01 + SCHEDULING_SLACK
 # sock_diag reports a timer's remaining time in ms from jiffies (at most 10 ms per jiffy over the common HZ),
 # and snapshot times are aligned with packet times within CLOCK_ALIGNMENT.
-JIFFY = 0.01
+JIFFY = 0.01 + SCHEDULING_SLACK
 # How long to wait for an event (not a timing assertion): a dying process closes its sockets within
 # milliseconds, a loaded 2-core machine can take a second to schedule it.
 WAIT_STATE = 5

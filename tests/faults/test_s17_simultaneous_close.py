@@ -7,6 +7,7 @@ from harness.capture import capture
 from harness.expect import CLOCK_ALIGNMENT
 from harness.flows import Kind, tcp_flow
 from harness.sockets import sample, wait_for
+from harness.timing import SCHEDULING_SLACK
 
 pytestmark = pytest.mark.faults
 
@@ -29,10 +30,10 @@ DELAY = DELAY_MS / 1000
 # A delayed packet is never released early; the delay line (userspace) released single packets at most 27 ms
 # late with three CPU-bound processes on the 2-core machine (docs/netem-fallback.md, "Fidelity"); netem's hrtimers
 # are far more precise. 50 ms covers both.
-LATE = 0.05
+LATE = 0.05 + SCHEDULING_SLACK
 PERIOD_MS = 10
 # close() only queues the FIN: it returns within a millisecond.
-AT_ONCE = 0.05
+AT_ONCE = 0.05 + SCHEDULING_SLACK
 STATES = ["ESTABLISHED", "FIN_WAIT1", "CLOSING", "TIME_WAIT"]
 
 

@@ -12,6 +12,7 @@ from harness.expect import CLOCK_ALIGNMENT, SOFTIRQ_AND_WAKEUP, expect_errno, sc
 from harness.flows import Kind, tcp_flow
 from harness.kernel import SYN_LINEAR_TIMEOUTS, SYN_RETRIES, TCP_RTO_MIN, host_syn_timeouts, retries_budget
 from harness.sockets import sample, wait_acked
+from harness.timing import SCHEDULING_SLACK
 
 pytestmark = pytest.mark.faults
 
@@ -35,10 +36,10 @@ SCENARIO = {
 PORT = 6666
 RETRIES2 = "net.ipv4.tcp_retries2"
 # connect() on a host without a route fails in the route lookup, within microseconds (measured 0.03 ms).
-AT_ONCE = 0.05
+AT_ONCE = 0.05 + SCHEDULING_SLACK
 PERIOD_MS = 10
 # The retransmission give-up compares kernel timestamps (1 ms) with the budget; captures align within 2 ms.
-GRAIN = 0.001 + CLOCK_ALIGNMENT
+GRAIN = 0.001 + CLOCK_ALIGNMENT + SCHEDULING_SLACK
 SENDS, SEND_INTERVAL, SIZE = 5, 0.1, 1000
 # The link goes down after the first SYN (its retransmission comes TCP_TIMEOUT_INIT = 1 s after it), and, in
 # the variant where it comes back, up before the second retransmission (3 s).

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
-from agent_helpers import unshare_argv
+from agent_helpers import unshare_argv, wait_until
 
 from harness.channel import AgentChannel, AgentOSError, BadRequest, PipeTransport
 from harness.endpoint import Endpoint
@@ -86,3 +90,41 @@ def test_read_only_proc_sys_is_an_oserror_with_erofs() -> None:
         channel.close()
     assert (raised.value.errname, raised.value.errno) == ("EROFS", 30)
     assert "cannot write sysctl net.ipv4.tcp_syn_retries (/proc/sys/net/ipv4/tcp_syn_retries)" in str(raised.value)
+
+
+def test_spawn_with_env_and_cwd_and_binary_output_tails_and_times(agent: Endpoint, tmp_path) -> None:
+    """What Host.launch uses on the netns backend: env added to the agent's, a cwd, the last bytes of each
+    stream with the sizes written in all, and the start and end on CLOCK_MONOTONIC."""
+    script = "printf '%s %s' \"$GREETING\" \"$PWD\"; head -c 3000 /dev/zero >&2; exit 4"
+    started = agent.channel.call("spawn", cmd=["sh", "-c", script], name="p", env={"GREETING": "hi"},
+                                 cwd=str(tmp_path))
+    assert started["t0"] > 0 and started["pid"] > 0
+    done = agent.channel.call("wait", name="p", timeout=10, tail=1000)
+    assert base64.b64decode(done["stdout"]) == f"hi {tmp_path}".encode()
+    assert (len(base64.b64decode(done["stderr"])), done["stderr_size"]) == (1000, 3000)
+    assert (done["returncode"], done["timed_out"]) == (4, False)
+    assert started["t0"] <= done["t0"] < done["t1"]
+
+
+def test_output_reports_a_running_child_without_forgetting_it(agent: Endpoint) -> None:
+    agent.channel.call("spawn", cmd=["sh", "-c", "echo up; exec sleep 60"], name="s")
+    seen = wait_until(lambda: (o := agent.channel.call("output", name="s", tail=100)) and o["stdout"] and o,
+                      what="the child's first line")
+    assert (seen["running"], base64.b64decode(seen["stdout"]), seen["t1"]) == (True, b"up\n", None)
+    agent.signal("s", "SIGKILL")
+    assert agent.wait("s", timeout=10).signal == "SIGKILL"
+
+
+def test_signal_marked_signals_the_process_with_the_marker_but_not_its_children(agent: Endpoint) -> None:
+    """How a docker exec'd program is signalled: by a marker in its environment that its children inherit."""
+    token = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    shell = agent.channel.call("spawn", cmd=["sh", "-c", "sleep 60 & echo $!; wait"], name="tree",
+                               env={"NETFAULT_LAUNCH": token})["pid"]
+    child = int(wait_until(lambda: agent.channel.call("output", name="tree")["stdout"], what="the child's pid"))
+    try:
+        answer = agent.channel.call("signal_marked", marker=f"NETFAULT_LAUNCH={token}", signal="SIGTERM")
+        assert [(r["target_pid"], r["signal"]) for r in answer["records"]] == [(shell, "SIGTERM")]
+        assert agent.wait("tree", timeout=10).signal == "SIGTERM"
+        assert agent.channel.call("signal_marked", marker="NETFAULT_LAUNCH=nobody")["records"] == []
+    finally:
+        os.kill(child, signal.SIGKILL)

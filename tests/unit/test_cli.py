@@ -1,6 +1,8 @@
 """Unit tests of the netfault command line (no Docker: the engine and builds are stubbed)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness import cli
@@ -25,8 +27,8 @@ def test_build_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None
 def test_build_prints_tag_on_stdout(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     calls = []
 
-    def fake_ensure(client, *, base, force, progress):
-        calls.append((client, base, force))
+    def fake_ensure(client, *, base, force, progress, extra_packages):
+        calls.append((client, base, force, extra_packages))
         progress("[   0.0s] netfault/peer:0123456789ab is up to date")
         return "netfault/peer:0123456789ab"
 
@@ -35,7 +37,17 @@ def test_build_prints_tag_on_stdout(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert cli.main(["build", "--base", "debootstrap", "--force"]) == 0
     out, err = capsys.readouterr()
     assert out == "netfault/peer:0123456789ab\n" and "up to date" in err
-    assert calls == [("client", "debootstrap", True)]
+    assert cli.main(["build", "--extra-packages", "curl", "nginx-light"]) == 0
+    assert calls == [("client", "debootstrap", True, []), ("client", "auto", False, ["curl", "nginx-light"])]
+
+
+def test_build_scratch_compiles_then_builds_and_prints_the_tag(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "connect_docker", lambda: "client")
+    monkeypatch.setattr(cli, "compile_static", lambda source, *, client, progress: Path(f"/bin/{source.stem}"))
+    monkeypatch.setattr(cli, "build_scratch_image", lambda client, binary, *, progress: f"netfault/{binary.name}:1")
+    assert cli.main(["build", "--scratch", "examples/c/tcpprobe.c"]) == 0
+    assert capsys.readouterr().out == "netfault/tcpprobe:1\n"
 
 
 @pytest.mark.parametrize("error", [

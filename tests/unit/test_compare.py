@@ -4,90 +4,25 @@ exactly the change made, tolerances on times, tests in one run only, and bad inp
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness import cli
 from harness.compare import ABSENT, Change, changed, compare, render_html, render_text
-from harness.evidence import Evidence
-from harness.records import SyscallRecord
-from harness.results import CompletedTest, write_bundle, write_json
+from harness.results import write_json
 from harness.results_reader import load_run
-from harness.sockets import StateHistory
-from harness.wire import Packet, Wire
 
+from compare_helpers import Scenario, make_run
 from test_results_reader import MANIFEST
 
 REFUSED = "t.py::test_refused"
 TIMEOUT = "t.py::test_timeout[syn]"
 
 
-@dataclass
-class Scenario:
-    """What one fixture test did: its outcome, its failed connect, its SYN times and its client's states."""
-
-    outcome: str = "passed"
-    errname: str = "ECONNREFUSED"
-    elapsed: float = 1.0
-    syns: tuple[float, ...] = (0.0, 1.0, 3.0, 7.0)
-    states: tuple[str, ...] = ("SYN_SENT",)
-    state_spacing: float = 1.0
-
-
-def _record(op: str, errname: str | None, t0: float, t1: float) -> SyscallRecord:
-    return SyscallRecord(op=op, handle="c1", pid=7, ret=None if errname else 0, errno=111 if errname else None,
-                         errname=errname, strerror=errname, t0=t0, t1=t1, t0_real=1e9 + t0, t1_real=1e9 + t1)
-
-
-def _syn(t: float) -> Packet:
-    return Packet(t=t, t_real=1e9 + t, proto="tcp", src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=6666,
-                  flags="S", seq=1000, win=64240)
-
-
-def _history(states: tuple[str, ...], spacing: float = 1.0) -> StateHistory:
-    history = StateHistory("client")
-    entry = {"t": 100.0, "t_end": 100.001, "t_real": 1.7e9, "prev_t": None, "change": "new", "proto": "tcp",
-             "family": "inet", "src": "10.0.0.1", "sport": 40000, "dst": "10.0.0.2", "dport": 6666,
-             "state": "SYN_SENT", "cookie": 1, "inode": 5, "recv_q": 0, "send_q": 0, "timer": 1, "timer_name": "on",
-             "retrans": 0, "expires_ms": 1000, "tcp_info": None, "handle": "c1"}
-    entries = [{**entry, "t": 100.0 + i * spacing, "prev_t": None if i == 0 else 100.0 + (i - 1) * spacing,
-                "change": "new" if i == 0 else "state", "state": state}
-               for i, state in enumerate(states)]
-    history.load({"entries": entries, "samples": 10, "missed": 0, "t_first": 100.0, "t_last": 110.0,
-                  "period_ms": 10.0, "interval_ms": None, "error": None})
-    return history
-
-
-def _evidence(s: Scenario) -> Evidence:
-    evidence = Evidence()
-    evidence.add_records("client", [_record("socket", None, 99.0, 99.0001),
-                                    _record("connect", "EINPROGRESS", 99.5, 99.5001),
-                                    _record("connect", s.errname, 100.0, 100.0 + s.elapsed)])
-    evidence.add_wire(Wire("client", [_syn(100.0 + t) for t in s.syns]))
-    evidence.add_history("client", _history(s.states, s.state_spacing))
-    return evidence
-
-
-def _run(root: Path, name: str, scenarios: dict[str, Scenario], **manifest: object) -> Path:
-    """A complete run in root/name with one bundle per scenario."""
-    run_dir = root / name
-    tests = []
-    for nodeid, s in scenarios.items():
-        bundle, _ = write_bundle(run_dir, CompletedTest(
-            nodeid=nodeid, run_id=name, worker="main", outcome=s.outcome, duration=1.0,
-            phases={"setup": {"outcome": "passed", "duration": 0.5},
-                    "teardown": {"outcome": "passed", "duration": 0.5}},
-            longrepr=None, sysctls={}, evidence=_evidence(s)))
-        tests.append({"nodeid": nodeid, "bundle": bundle.name})
-    write_json(run_dir / "manifest.json", {**MANIFEST, "run_id": name, "tests": tests, **manifest})
-    return run_dir
-
-
 def _pair(tmp_path: Path, b_refused: Scenario) -> tuple[Path, Path]:
-    a = _run(tmp_path, "a", {REFUSED: Scenario(), TIMEOUT: Scenario(errname="ETIMEDOUT", elapsed=7.0)})
-    b = _run(tmp_path, "b", {REFUSED: b_refused, TIMEOUT: Scenario(errname="ETIMEDOUT", elapsed=7.0)})
+    a = make_run(tmp_path, "a", {REFUSED: Scenario(), TIMEOUT: Scenario(errname="ETIMEDOUT", elapsed=7.0)})
+    b = make_run(tmp_path, "b", {REFUSED: b_refused, TIMEOUT: Scenario(errname="ETIMEDOUT", elapsed=7.0)})
     return a, b
 
 
@@ -157,8 +92,8 @@ def test_states_reached_are_compared(tmp_path: Path):
 
 def test_a_test_in_one_run_only_is_reported_as_an_outcome_change(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]):
-    a = _run(tmp_path, "a", {REFUSED: Scenario(), TIMEOUT: Scenario()})
-    b = _run(tmp_path, "b", {REFUSED: Scenario()})
+    a = make_run(tmp_path, "a", {REFUSED: Scenario(), TIMEOUT: Scenario()})
+    b = make_run(tmp_path, "b", {REFUSED: Scenario()})
     assert _changes(a, b) == {TIMEOUT: (Change("outcome", "passed", ABSENT),)}
     assert _changes(b, a) == {TIMEOUT: (Change("outcome", ABSENT, "passed"),)}
     assert cli.main(["compare", str(a), str(b)]) == 1
@@ -166,9 +101,10 @@ def test_a_test_in_one_run_only_is_reported_as_an_outcome_change(tmp_path: Path,
 
 
 def test_the_header_marks_different_kernels_and_versions(tmp_path: Path):
-    a = _run(tmp_path, "a", {REFUSED: Scenario()})
+    a = make_run(tmp_path, "a", {REFUSED: Scenario()})
     engine = {**MANIFEST["engine"], "kernel_version": "6.18.0"}
-    b = _run(tmp_path, "b", {REFUSED: Scenario()}, engine=engine, harness={"version": "0.2.0", "git_commit": "a" * 40})
+    b = make_run(tmp_path, "b", {REFUSED: Scenario()}, engine=engine,
+                 harness={"version": "0.2.0", "git_commit": "a" * 40})
     text = render_text(compare(load_run(a), load_run(b)))
     assert "engine kernel * 6.1.0" in text and "6.18.0" in text
     assert "harness       * 0.1.0" in text and "commit        * unknown" in text and "a" * 40 in text
@@ -187,8 +123,8 @@ def test_html_holds_the_same_comparison_escaped(tmp_path: Path, capsys: pytest.C
 
 def test_html_escapes_what_the_runs_hold(tmp_path: Path):
     nodeid = "t.py::test_x[<script>]"
-    a = _run(tmp_path, "a", {nodeid: Scenario()})
-    b = _run(tmp_path, "b", {nodeid: Scenario(outcome="failed")})
+    a = make_run(tmp_path, "a", {nodeid: Scenario()})
+    b = make_run(tmp_path, "b", {nodeid: Scenario(outcome="failed")})
     page = render_html(compare(load_run(a), load_run(b)))
     assert "<script>" not in page and "t.py::test_x[&lt;script&gt;]" in page
 
@@ -200,7 +136,7 @@ def _expect_bad_input(args: list[str], message: str, capsys: pytest.CaptureFixtu
 
 
 def test_a_missing_run_exits_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    a = _run(tmp_path, "a", {REFUSED: Scenario()})
+    a = make_run(tmp_path, "a", {REFUSED: Scenario()})
     _expect_bad_input([str(a), str(tmp_path / "nope")], f"{tmp_path / 'nope'}: no such run directory", capsys)
 
 
@@ -230,8 +166,8 @@ def test_a_state_seen_in_one_sample_only_is_within_tolerance(tmp_path: Path):
     """10 ms sampling: a FIN_WAIT1 that lasted under one interval is caught in one run and missed in the next."""
     caught = Scenario(states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"), state_spacing=0.01)
     missed = Scenario(states=("ESTABLISHED", "FIN_WAIT2", "TIME_WAIT"), state_spacing=0.01)
-    a = _run(tmp_path, "a", {REFUSED: caught})
-    b = _run(tmp_path, "b", {REFUSED: missed})
+    a = make_run(tmp_path, "a", {REFUSED: caught})
+    b = make_run(tmp_path, "b", {REFUSED: missed})
     assert _changes(a, b) == {}
-    held = _run(tmp_path, "c", {REFUSED: Scenario(states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"))})
+    held = make_run(tmp_path, "c", {REFUSED: Scenario(states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"))})
     assert [c.aspect for c in _changes(held, b)[REFUSED]] == ["states"], "a state held for seconds is compared"

@@ -16,7 +16,9 @@ from harness.wire import Packet, Wire
 @pytest.mark.parametrize(("retries", "linear", "timeouts"), [
     (2, 0, [1, 2, 4]),
     (6, 0, [1, 2, 4, 8, 16, 32, 64]),
-    (2, 4, [1, 1, 1, 1, 1, 2, 4]),
+    (2, 4, [1, 1, 1, 1, 1, 2]),
+    (2, 6, [1, 1, 1, 1, 1, 1, 1]),
+    (6, 4, [1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64]),
     (8, 0, [1, 2, 4, 8, 16, 32, 64, 120, 120]),
 ])
 def test_syn_timeouts(retries, linear, timeouts):
@@ -88,7 +90,12 @@ def test_expect_held_bounds():
                   "t_first": 0.99, "t_last": 3.5, "samples": 100, "missed": 0, "period_ms": 10.0, "error": None,
                   "interval_ms": {"p50": 10.0, "max": 10.0}})
     assert expect_held(history, "FIN_WAIT1", at_least=1.9, at_most=2.1) == pytest.approx(2.0)
-    with pytest.raises(AssertionError, match="FIN_WAIT1 held 2.0000 s, expected at most 1.0000 s"):
+    with pytest.raises(AssertionError, match=r"FIN_WAIT1 held 2.0000 s \(between 1.9900 and 2.0100 s\), expected "
+                                             r"at most 1.0000 s"):
         expect_held(history, "FIN_WAIT1", at_most=1.0)
+    # The samples allow 1.99 to 2.01 s: within a bound 5 ms off the measured 2.0 s, beyond one 15 ms off.
+    assert expect_held(history, "FIN_WAIT1", at_least=2.005, at_most=1.995) == pytest.approx(2.0)
+    with pytest.raises(AssertionError, match="expected at least 2.0150 s"):
+        expect_held(history, "FIN_WAIT1", at_least=2.015)
     with pytest.raises(AssertionError, match="no socket was seen in TIME_WAIT"):
         expect_held(history, "TIME_WAIT")

@@ -211,3 +211,31 @@ def test_run_step_failure_names_step_and_log(tmp_path: Path) -> None:
 def test_ensure_rejects_unknown_base() -> None:
     with pytest.raises(ValueError, match="auto, registry, debootstrap"):
         images.ensure_peer_image(None, base="cloud")  # type: ignore[arg-type]
+
+
+def test_extra_packages_tag_ignores_order_repeats_and_the_mirror_but_not_the_peer_image():
+    packages = images.check_package_names(["redis-server", "curl", "curl"])
+    assert packages == ["curl", "redis-server"]
+
+    def tag(names: list[str], mirror: str, peer: str = BASE_ID) -> str:
+        return images.extras_image_tag(names, peer, images.extras_context(names, mirror))[0]
+    first = tag(packages, "http://deb.debian.org/debian")
+    assert first.startswith("netfault/peer-") and first == tag(packages, "http://mirror.example/debian")
+    assert first != tag(packages, "http://deb.debian.org/debian", peer="sha256:" + "cd" * 32)
+    assert first.split(":")[0] != tag(["curl"], "http://deb.debian.org/debian").split(":")[0]
+    assert images.extras_context(packages, "http://m/debian")["sources.list"] == b"deb http://m/debian bookworm main\n"
+
+
+def test_package_names_debian_would_refuse_are_named():
+    with pytest.raises(BuildError, match=r"not Debian package names: 'Curl', 'x; rm -rf /'"):
+        images.check_package_names(["curl", "Curl", "x; rm -rf /"])
+
+
+def test_a_scratch_image_needs_a_static_binary(tmp_path: Path):
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(BuildError, match="is not a 64-bit ELF executable"):
+        images.build_scratch_image(None, script)  # type: ignore[arg-type]  # refused before any engine call
+    dynamic = Path(shutil.which("true") or "/bin/true")
+    with pytest.raises(BuildError, match="is dynamically linked: a FROM scratch image has no libc"):
+        images.build_scratch_image(None, dynamic)  # type: ignore[arg-type]

@@ -86,3 +86,21 @@ def test_seed_is_a_u64_attribute():
 def test_tick_in_usec_matches_tc_core():
     assert tick_in_usec("000003e8 00000040 000f4240 3b9aca00") == 15.625
     assert tick_in_usec("000003e8 00000040 3b9aca00 3b9aca00") == 1000.0
+
+
+def test_the_request_carries_the_options_even_after_pyroute2_compiled_tcmsg():
+    """The agent lists qdiscs (pyroute2 compiles tcmsg) before it adds netem: the options must still be sent as
+    given. They were once sent as zeros (netem "limit 0", every packet dropped), seen only where sch_netem
+    exists (the kernel matrix's guests)."""
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    from harness.agent.tc import TC_H_ROOT, _tcmsg_class
+
+    tcmsg().encode()
+    options = encode_options(NetemParams(loss_pct=20, delay_ms=5), 1.0)
+    for _ in range(2):
+        msg = _tcmsg_class()()
+        msg["index"], msg["handle"], msg["parent"] = 5, 0x10000, TC_H_ROOT
+        msg["attrs"] = [["TCA_KIND", "netem"], ["TCA_OPTIONS", options]]
+        msg.encode()
+        assert struct.pack("<HH", 4 + len(options), 2) + options in bytes(msg.data)

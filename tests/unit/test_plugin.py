@@ -69,3 +69,21 @@ def test_markers_are_registered_with_descriptions(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pytest", "--markers"], capture_output=True, text=True, cwd=tmp_path)
     assert "@pytest.mark.faults: a fault scenario run against real hosts" in out.stdout
     assert "@pytest.mark.sysctls(**hosts): per-host sysctls for one test" in out.stdout
+
+
+def test_unknown_backend_names_its_source_and_the_known_ones(tmp_path):
+    out = _session(tmp_path, USES_PAIR, NETFAULT_BACKEND="podman")
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "unknown backend 'podman' from $NETFAULT_BACKEND (known: docker, netns)" in out.stdout + out.stderr
+
+
+def test_a_test_marked_for_another_backend_skips_with_its_reason(tmp_path):
+    out = _session(tmp_path, """
+import pytest
+
+@pytest.mark.backend("netns", "it inspects namespaces")
+def test_only_netns(pair):
+    pass
+""")
+    assert "1 skipped" in out.stdout, out.stdout
+    assert "needs the netns backend (it inspects namespaces); this session uses docker" in out.stdout, out.stdout

@@ -5,7 +5,6 @@ when CI=true."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.pytest_plugin import missing_prerequisite
 from harness.report_html import write_html_report
 
 from report_helpers import FAILED, FAILURE, PASSED, write_run
@@ -22,9 +22,7 @@ WIDTH = 1300
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: a missing browser is a failure, not a skip)", pytrace=False)
-    pytest.skip(f"{reason}: apt-get install chromium chromium-driver; pip install selenium")
+    missing_prerequisite(f"{reason}: apt-get install chromium chromium-driver; pip install selenium", "browser")
 
 
 @pytest.fixture(scope="module")

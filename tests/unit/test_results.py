@@ -195,6 +195,7 @@ def test_expected_failures_are_xfailed_and_xpassed():
 class _Host:
     name = "client"
     kernel_release = "6.1.0-test"
+    driver = SimpleNamespace(backend=SimpleNamespace(name="netns"))
 
     def __init__(self, has: set[str]) -> None:
         self.has = has
@@ -213,6 +214,7 @@ def test_host_facts_read_the_baseline_sysctls_and_optional_ones_only_where_prese
     has = {"net.ipv4.tcp_syn_linear_timeouts"} if linear else set()
     facts = manifest.host_facts("gw1", _Host(has))
     assert facts["worker"] == "gw1" and facts["host"] == "client" and facts["kernel_release"] == "6.1.0-test"
+    assert facts["backend"] == "netns"
     assert set(facts["sysctls"]) == set(manifest.BASELINE_SYSCTLS) | has
     assert "net.ipv4.tcp_keepalive_intvl" in facts["sysctls"] and "net.ipv4.icmp_ratelimit" in facts["sysctls"]
 
