@@ -154,12 +154,15 @@ class Endpoint:
     def sockets(self, proto: str = "tcp", port: int | None = None, sport: int | None = None,
                 dport: int | None = None, states: Sequence[str] | None = None, *,
                 background: bool = False) -> list[dict[str, Any]]:
-        """sock_diag entries of the host's namespace, each with the snapshot's `t` and `t_real`.
+        """sock_diag entries of the host's namespace, each with the snapshot's `t`, `t_end` and `t_real`.
+
+        The kernel read each socket somewhere between `t` and `t_end` (CLOCK_MONOTONIC): a stalled dump widens
+        that span, so a timer's remaining time is bounded by both.
 
         Entries of sockets this endpoint holds carry their `handle`.
         """
         def entries(result: dict[str, Any]) -> list[dict[str, Any]]:
-            return [{**entry, "t": result["t"], "t_real": result["t_real"]} for entry in result["sockets"]]
+            return [{**entry, "t": result["t"], "t_end": result["t_end"], "t_real": result["t_real"]} for entry in result["sockets"]]
         return self._request("sockets", entries, background, proto=proto, port=port, sport=sport, dport=dport,
                              states=None if states is None else list(states))
 

@@ -50,6 +50,7 @@ def test_round_trip_and_eof_after_peer_close(agent: Endpoint) -> None:
     assert (received.ret, received.data) == (9, b"ping\x00pong")
     (client_entry,) = agent.sockets(dport=port, states=["ESTABLISHED"])
     assert client_entry["handle"] == client
+    assert 0 <= client_entry["t_end"] - client_entry["t"] < 1, "the dump's span on CLOCK_MONOTONIC"
 
     assert agent.close(client).ok
     eof = agent.recv(server)
