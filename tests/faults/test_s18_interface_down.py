@@ -42,8 +42,10 @@ PERIOD_MS = 10
 GRAIN = 0.001 + CLOCK_ALIGNMENT + SCHEDULING_SLACK
 SENDS, SEND_INTERVAL, SIZE = 5, 0.1, 1000
 # The link goes down after the first SYN (its retransmission comes TCP_TIMEOUT_INIT = 1 s after it), and, in
-# the variant where it comes back, up before the second retransmission (3 s).
+# the variant where it comes back, up before the second retransmission (3 s). The server's Drop lasts until the
+# link is down for sure (a link-down applied late must not let the 1 s retransmission through).
 CONNECT_DOWN_AT, CONNECT_UP_AT = 0.5, 1.5
+DROP_UNTIL = 1.25
 # Waiting for events (not timing assertions).
 WAIT = 5
 
@@ -129,7 +131,7 @@ def test_s18_link_down_during_a_connect(pair, comes_back, record_property):
     assert server.listen(port=PORT, accept=True).ok
     link = LinkDown(client)
     schedule = Schedule().add(Drop(server, protocol="tcp", dport=PORT), at=0,
-                              duration=CONNECT_DOWN_AT if comes_back else None)
+                              duration=DROP_UNTIL if comes_back else None)
     schedule.add(link, at=CONNECT_DOWN_AT, duration=CONNECT_UP_AT - CONNECT_DOWN_AT if comes_back else None)
     with ExitStack() as pinned:
         if client.has_sysctl(SYN_LINEAR_TIMEOUTS):
@@ -143,6 +145,9 @@ def test_s18_link_down_during_a_connect(pair, comes_back, record_property):
     syns = flow.syn_schedule()
     down, up = link.transitions[0]["t1"], link.transitions[-1]["t1"]
     evidence = f"\n{rec}\n{flow.render(since=rec.t0)}\n{states.table()}"
+    assert syns and down < syns.times[0] + timeouts[0], (
+        f"the link went down {down - syns.times[0]:.3f} s after the first SYN, not before its retransmission "
+        f"({timeouts[0]:g} s): the fault was applied late" + evidence)
 
     if comes_back:
         record_property("kernel_wait", sum(timeouts[:2]))
