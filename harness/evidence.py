@@ -3,8 +3,7 @@ programs' launches and exits.
 
 The pytest plugin opens a collection around each test (`collecting()`); the places that produce evidence add
 to the open one (an Endpoint's syscall results, a Fault's apply, a capture's end, a sampler's stop, a program's
-launch or end). Outside
-a collection nothing is kept. The timeline (harness.timeline) is built from it.
+launch or end, with its output). Outside a collection nothing is kept. The timeline (harness.timeline) is built from it.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .records import SyscallRecord
 
 if TYPE_CHECKING:
+    from .programs import ProgramResult
     from .wire import Wire
 
 
@@ -30,6 +30,7 @@ class Evidence:
     wires: list[Wire] = field(default_factory=list)
     histories: list[tuple[str, Any]] = field(default_factory=list)
     programs: list[tuple[str, float, str, dict[str, Any]]] = field(default_factory=list)
+    outputs: list[ProgramResult] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_records(self, host: str, records: list[SyscallRecord]) -> None:
@@ -52,6 +53,10 @@ class Evidence:
     def add_program(self, host: str, t: float, text: str, data: dict[str, Any]) -> None:
         with self.lock:
             self.programs.append((host, t, text, data))
+
+    def add_output(self, result: ProgramResult) -> None:
+        with self.lock:
+            self.outputs.append(result)
 
 
 _current: Evidence | None = None
@@ -105,3 +110,9 @@ def note_program(host: str, t: float | None, text: str, data: dict[str, Any]) ->
     """Keep a program's launch, signal or exit (harness.programs) at `t` (CLOCK_MONOTONIC; None: unknown, dropped)."""
     if _current is not None and t is not None:
         _current.add_program(host, t, text, data)
+
+
+def note_output(result: ProgramResult) -> None:
+    """Keep an ended program's result: its exit status and the output it wrote (the bundle's program files)."""
+    if _current is not None:
+        _current.add_output(result)

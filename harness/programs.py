@@ -152,6 +152,7 @@ class Program(ABC):
         return result
 
     def _note_exit(self, result: ProgramResult) -> None:
+        evidence.note_output(result)
         evidence.note_program(self.host, result.t1, f"exit   {self.name}: {result.status()}",
                               {"program": self.name, "event": "exit", "returncode": result.returncode,
                                "signal": result.signal, "t0": result.t0, "t1": result.t1})

@@ -215,10 +215,14 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     except NetfaultError as exc:
         _undo(testbed, undo)
         pytest.fail(str(exc), pytrace=False)
-    with evidence.collecting() as collected:
-        request.node.stash[EVIDENCE_KEY] = collected
-        yield Pair(testbed["client"], testbed["server"], testbed)
-    _undo(testbed, undo)
+    try:
+        with evidence.collecting() as collected:
+            request.node.stash[EVIDENCE_KEY] = collected
+            yield Pair(testbed["client"], testbed["server"], testbed)
+            for host in testbed.hosts.values():
+                host.end_programs()  # inside the collection: their exits and output go to the bundle
+    finally:
+        _undo(testbed, undo)
     _check_nothing_left(testbed, baselines)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .flows import Kind, tcp_flows
-from .results import TIMELINE
+from .results import TESTS, TIMELINE
 from .results_reader import Bundle
 from .timeline import Event, Timeline, key_syscall
 from .wire import Packet
@@ -39,6 +39,7 @@ class BundleReport:
     message: str | None
     timeline: Timeline
     retransmitted: frozenset[int]
+    files: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -92,4 +93,14 @@ def bundle_report(bundle: Bundle) -> BundleReport:
         duration=outcome["duration"], errname=key.data["errname"] if key else None,
         elapsed=key.data["t1"] - key.data["t0"] if key else None,
         retransmissions=count_retransmissions(timeline, again), message=message_of(outcome),
-        timeline=timeline, retransmitted=again)
+        timeline=timeline, retransmitted=again, files=evidence_files(bundle))
+
+
+def evidence_files(bundle: Bundle) -> tuple[tuple[str, str], ...]:
+    """(label, path from the run directory) of a bundle's pcaps and programs' output files."""
+    outcome, where = bundle.outcome, f"{TESTS}/{bundle.path.name}"
+    files = [(pcap["file"], f"{where}/{pcap['file']}") for pcap in outcome["pcaps"]]
+    for program in outcome.get("programs", ()):
+        files += [(f"{program['name']} on {program['host']}: {stream}", f"{where}/{program[stream]}")
+                  for stream in ("stdout", "stderr") if program[stream]]
+    return tuple(files)

@@ -4,7 +4,8 @@
 <results>/<run-id>/manifest.json          written last, by one process (the xdist controller, or the session)
 <results>/<run-id>/tests/<bundle>/        one per test that used `pair`, written by the process that ran it
     outcome.json                          written last: a bundle without it is half-written
-    timeline.json, <host>-<n>.pcap, sockets-<host>-<n>.json, agent-<host>.log
+    timeline.json, <host>-<n>.pcap, sockets-<host>-<n>.json, agent-<host>.log,
+    program-<host>-<name>-<n>.stdout/.stderr
 <results>/latest -> <run-id>
 ```
 Bundle names come from the nodeid alone, so xdist workers never write the same directory.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .evidence import Evidence
+from .programs import ProgramResult
 from .timeline import Timeline
 
 FORMAT = 1
@@ -129,6 +131,7 @@ def write_bundle(run_dir: Path, result: CompletedTest, pcap_budget: int = PCAP_B
         name = f"sockets-{host}-{counts[host]}.json"
         write_json(bundle / name, {"host": host, "figures": history.figures, "entries": history.to_json()})
         sockets.append({"file": name, "host": host, "entries": len(history.entries)})
+    programs = _write_outputs(bundle, evidence.outputs)
     logs = {}
     for host, tail in result.agent_logs.items():
         logs[host] = f"agent-{host}.log"
@@ -142,9 +145,31 @@ def write_bundle(run_dir: Path, result: CompletedTest, pcap_budget: int = PCAP_B
                    "state_changes": sum(len(history.entries) for _, history in evidence.histories)},
         "timeline": TIMELINE, "pcaps": pcaps, "pcap_budget": pcap_budget,
         "pcaps_truncated": sum(pcap["truncated"] for pcap in pcaps), "sockets": sockets, "agent_logs": logs,
+        "programs": programs,
     }
     write_json(bundle / OUTCOME, outcome)
     return bundle, outcome
+
+
+def _write_outputs(bundle: Path, outputs: list[ProgramResult]) -> list[dict[str, Any]]:
+    """Each ended program's stdout and stderr (the last OUTPUT_LIMIT bytes; a stream it never wrote to has no
+    file), and what outcome.json says of it."""
+    entries, counts = [], {}
+    for result in outputs:
+        key = (result.host, result.name)
+        counts[key] = counts.get(key, 0) + 1
+        stem = _UNSAFE.sub("_", f"program-{result.host}-{result.name}-{counts[key]}")
+        entry = {"host": result.host, "name": result.name, "argv": list(result.argv), "status": result.status(),
+                 "returncode": result.returncode, "signal": result.signal, "t0": result.t0, "t1": result.t1,
+                 "truncated": result.truncated}
+        for stream in ("stdout", "stderr"):
+            data: bytes = getattr(result, stream)
+            entry[stream] = f"{stem}.{stream}" if data else None
+            entry[f"{stream}_size"] = getattr(result, f"{stream}_size")
+            if data:
+                (bundle / entry[stream]).write_bytes(data)
+        entries.append(entry)
+    return entries
 
 
 def totals(run_dir: Path) -> dict[str, int]:

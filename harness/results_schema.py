@@ -58,6 +58,17 @@ _PCAP = _object({"file": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+-[0-9]+
                  "bytes": _COUNT, "bytes_written": _COUNT, "truncated": {"type": "boolean"}, "packets": _COUNT,
                  "complete": {"type": "boolean"}, "incomplete_because": _NULLABLE_STRING})
 
+_STREAM_FILE = {"type": ["string", "null"], "pattern": r"^program-[A-Za-z0-9_.-]+-[0-9]+\.std(out|err)$"}
+_PROGRAM = _object({"host": _STRING, "name": _STRING, "argv": {"type": "array", "items": _STRING},
+                    "status": _STRING, "returncode": {"type": ["integer", "null"]}, "signal": _NULLABLE_STRING,
+                    "t0": _NULLABLE_NUMBER, "t1": _NULLABLE_NUMBER,
+                    "truncated": {"type": "array", "items": {"enum": ["stdout", "stderr"]}},
+                    "stdout": _STREAM_FILE, "stdout_size": _COUNT, "stderr": _STREAM_FILE, "stderr_size": _COUNT})
+# Bundles written before programs' output was kept have no "programs".
+_OUTCOME_REQUIRED = ["format", "nodeid", "run_id", "worker", "outcome", "duration", "phases", "longrepr", "sysctls",
+                     "properties", "faults", "counts", "timeline", "pcaps", "pcap_budget", "pcaps_truncated",
+                     "sockets", "agent_logs"]
+
 OUTCOME_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "netfault test outcome (one evidence bundle)",
@@ -83,7 +94,8 @@ OUTCOME_SCHEMA: dict[str, Any] = {
             "file": {"type": "string", "pattern": r"^sockets-[A-Za-z0-9_.-]+-[0-9]+\.json$"}, "host": _STRING,
             "entries": _COUNT})},
         "agent_logs": {"type": "object", "additionalProperties": {"type": "string", "pattern": r"^agent-.+\.log$"}},
-    }),
+        "programs": {"type": "array", "items": _PROGRAM},
+    }, required=_OUTCOME_REQUIRED),
 }
 
 TIMELINE_SCHEMA: dict[str, Any] = {

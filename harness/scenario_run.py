@@ -279,7 +279,8 @@ def _probe(decl: ProbeDecl, host: Host, addrs: dict[str, str], origin: float, re
 
 def _end_programs(scenario: Scenario, programs: dict[str, Program], result: ScenarioRun,
                   progress: Progress) -> None:
-    """Kill the workload programs still running at the end; collect every program's result."""
+    """Kill the workload programs still running at the end; collect every program's result (an ended one's
+    output goes to the evidence as it ends, a main program still running gives its output so far)."""
     for name, program in programs.items():
         if name not in scenario.main_programs and program.running():
             result.killed_at_end.add(name)
@@ -289,6 +290,8 @@ def _end_programs(scenario: Scenario, programs: dict[str, Program], result: Scen
     for name, program in programs.items():
         with _recorded(result, f"collecting the result of program {name}"):
             result.programs[name] = program.wait(COLLECT if name in result.killed_at_end else 0)
+            if result.programs[name].running:
+                evidence.note_output(result.programs[name])  # a main program's output so far
 
 
 def scenario_nodeid(path: Path) -> str:

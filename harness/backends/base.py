@@ -117,7 +117,7 @@ class Host(Endpoint):
         """Start `argv` in the background in the host: Docker: a `docker exec` in its container (the image's
         environment, the host's `environment`, then `env`); netns: a child of its agent (the host's
         `environment`, then `env`; cwd `files_dir` by default). `name` must not be a running program's.
-        Programs still running at the end of a test are killed by the fixture's reset."""
+        Programs still running at the end of a test are killed then, and their output goes to its bundle."""
         if not argv or not all(isinstance(arg, str) for arg in argv):
             raise ConfigError(f"host {self.name}: launch needs a non-empty argv list of strings, not {argv!r}")
         running = self._programs.get(name)
@@ -133,7 +133,10 @@ class Host(Endpoint):
         return self.driver.main_program(self)
 
     def end_programs(self) -> list[str]:
-        """SIGKILL the programs `launch` started that still run and wait for them; returns their names."""
+        """SIGKILL the programs `launch` started that still run and wait for them; returns their names. A host
+        that is not running (paused, stopped) keeps them for when it is brought back."""
+        if not self._programs or self.state() != "running":
+            return []
         ended = []
         for name, program in self._programs.items():
             try:

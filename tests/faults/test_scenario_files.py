@@ -1,8 +1,10 @@
 """Scenario files against real hosts: the S02 file and the S02 Python test produce the same evidence, and
-`netfault run` on a file whose expectation does not hold exits 1 naming it, with the timeline and the results."""
+`netfault run` on a file whose expectation does not hold exits 1 naming it, with the timeline and the results
+(programs' output included)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,9 @@ workload:
     host: client
     probe:
       - connect: {to: server, port: 6666}
+  say:
+    host: server
+    run: [sh, -c, 'echo ready; echo warned >&2; exit 3']
 expect:
   probes:
     c.connect: {errno: ETIMEDOUT}
@@ -67,14 +72,21 @@ def test_run_reports_a_failed_expectation_with_the_timeline_and_writes_results(p
     run = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), f"--results={results}"],
                          cwd=tmp_path, env=inner_env, capture_output=True, text=True, timeout=SESSION)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert (f"scenario refused: 1 of 1 expectations failed\n  {path}:15: expect.probes['c.connect'].errno: connect s1 "
+    assert (f"scenario refused: 1 of 1 expectations failed\n  {path}:18: expect.probes['c.connect'].errno: connect s1 "
             "-> -1 ECONNREFUSED (Connection refused)") in run.stdout, run.stdout
-    assert "errno ECONNREFUSED, expected ETIMEDOUT\ntimeline (t in s after the start):\n  probe   c.connect:" \
-        in run.stdout, run.stdout
+    assert "errno ECONNREFUSED, expected ETIMEDOUT\ntimeline (t in s after the start):\n" in run.stdout, run.stdout
+    assert "\n  probe   c.connect: started" in run.stdout and re.search(
+        r"\n  program say on server: started \+[0-9.]+, exited with status 3 at .*\n    stdout: ready\n"
+        r"    stderr: warned\n", run.stdout), run.stdout
     assert "hosts up in" in run.stderr and "probe c.connect on client: connect s1 -> -1 ECONNREFUSED" in run.stderr
     loaded = load_run(results / "latest")
     (bundle,) = loaded.bundles.values()
     assert bundle.outcome["outcome"] == "failed" and bundle.outcome["nodeid"].endswith("refused.netfault.yaml::refused")
     assert "expected ETIMEDOUT" in bundle.outcome["longrepr"]["summary"]
     assert bundle.outcome["pcaps"][0]["packets"] == 2, bundle.outcome["pcaps"]   # SYN, RST/ACK
+    (say,) = bundle.outcome["programs"]
+    assert (say["name"], say["returncode"], say["stdout"], say["stderr"]) == (
+        "say", 3, "program-server-say-1.stdout", "program-server-say-1.stderr"), say
+    assert (bundle.path / say["stdout"]).read_text() == "ready\n" and (bundle.path / say["stderr"]).read_text() == \
+        "warned\n", "the program's output is in the bundle"
     assert loaded.manifest["exit_status"] == 1 and (loaded.path / "report.html").is_file()

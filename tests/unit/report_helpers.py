@@ -1,5 +1,6 @@
 """A small finished run written with the results writer's own functions: two tests, S02 passed (a SYN
-retransmitted twice, seen by both hosts' captures, under a Drop on the server) and S01 failed (refused)."""
+retransmitted twice, seen by both hosts' captures, under a Drop on the server) and S01 failed (refused, a
+program's error output kept)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from harness.evidence import Evidence
+from harness.programs import ProgramResult
 from harness.records import SyscallRecord
 from harness.results import CompletedTest, write_bundle, write_json
 from harness.sockets import StateHistory
@@ -19,6 +21,7 @@ PASSED = "tests/faults/test_s02_syn_blackhole.py::test_s02_connect_times_out"
 FAILED = "tests/faults/test_s01_no_listener.py::test_s01_connect_is_refused"
 FAILURE = "AssertionError: connect s1 -> -1 ECONNREFUSED: errno ECONNREFUSED, expected ETIMEDOUT"
 CLIENT, SERVER = "10.0.0.10", "10.0.0.20"
+PROBE_ERROR = b"connect: Connection refused\n"
 MANIFEST = {
     "format": 1, "run_id": RUN_ID,
     "start": {"utc": "2026-01-01T00:00:00+00:00", "epoch": 1767225600.0},
@@ -85,10 +88,14 @@ def blackhole() -> Evidence:
 
 
 def refused() -> Evidence:
-    """S01: connect is refused at once: a SYN, the server's RST, both captured on both hosts."""
+    """S01: connect is refused at once: a SYN, the server's RST, both captured on both hosts; a program on the
+    client printed the error."""
     packets = [tcp(200.00005, CLIENT, SERVER, "S", 5, 1), tcp(200.00015, SERVER, CLIENT, "R.", 0, 0, ack=6)]
-    return Evidence(records=[("client", syscall("connect", 200.0, 200.0002, "ECONNREFUSED"))],
-                    wires=[Wire("client", packets), Wire("server", [replace(p, t=p.t + 1e-5) for p in packets])])
+    evidence = Evidence(records=[("client", syscall("connect", 200.0, 200.0002, "ECONNREFUSED"))],
+                        wires=[Wire("client", packets), Wire("server", [replace(p, t=p.t + 1e-5) for p in packets])])
+    evidence.add_output(ProgramResult("client", "probe", ("probe",), 1, None, b"", PROBE_ERROR, 0, len(PROBE_ERROR),
+                                      199.9, 200.001))
+    return evidence
 
 
 def _phases(call: str) -> dict[str, dict[str, Any]]:

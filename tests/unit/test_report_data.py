@@ -13,7 +13,7 @@ from harness.report_svg import picture, seconds_label, tick_step
 from harness.results_reader import load_run
 from harness.timeline import Timeline, key_syscall, syscall_events
 
-from report_helpers import FAILED, FAILURE, PASSED, syscall, write_run
+from report_helpers import FAILED, FAILURE, PASSED, PROBE_ERROR, syscall, write_run
 
 
 @pytest.fixture
@@ -30,6 +30,14 @@ def test_summary_figures_come_from_the_bundles(reports):
     assert blackhole.retransmissions == 2 and len(blackhole.retransmitted) == 4
     assert (refused.scenario, refused.errname, refused.retransmissions) == ("S01", "ECONNREFUSED", 0)
     assert refused.elapsed == pytest.approx(0.0002) and refused.message == f"call: {FAILURE}"
+
+
+def test_the_evidence_files_are_listed_with_paths_from_the_run(tmp_path: Path):
+    run = load_run(write_run(tmp_path))
+    refused = bundle_report(run.bundles[FAILED])
+    assert [label for label, _ in refused.files] == ["client-1.pcap", "server-1.pcap", "probe on client: stderr"]
+    assert (run.path / refused.files[-1][1]).read_bytes() == PROBE_ERROR
+    assert all((run.path / href).is_file() for _, href in refused.files)
 
 
 def test_the_key_syscall_is_the_first_real_failure_else_the_slowest_call():

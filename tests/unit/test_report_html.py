@@ -86,6 +86,9 @@ def test_the_rendered_report_shows_the_summary_timelines_and_failure(browser, tm
     message = sections[FAILED].find_element(By.CSS_SELECTOR, "pre.message")
     assert message.is_displayed() and FAILURE in message.text
     assert not sections[PASSED].find_elements(By.CSS_SELECTOR, "pre.message")
+    links = {a.text: a.get_attribute("href") for a in sections[FAILED].find_elements(By.CSS_SELECTOR, "p.files a")}
+    assert list(links) == ["client-1.pcap", "server-1.pcap", "probe on client: stderr"], links
+    assert all(Path(href.removeprefix("file://")).is_file() for href in links.values()), links
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
 
     height = browser.execute_script("return document.documentElement.scrollHeight")

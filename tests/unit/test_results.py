@@ -17,6 +17,7 @@ import pytest
 from harness import manifest
 from harness.errors import EngineUnavailable
 from harness.evidence import Evidence
+from harness.programs import ProgramResult
 from harness.results import (NAME_MAX, CompletedTest, bundle_name, point_latest, totals, truncate_pcap,
                              write_bundle)
 from harness.results_plugin import outcome_of
@@ -121,6 +122,25 @@ def test_a_bundle_holds_every_piece_of_evidence_and_matches_its_schemas(tmp_path
     assert outcome["faults"][0]["rules"] == ["in", "drop"] and outcome["counts"] == {
         "syscalls": 0, "packets": 9, "state_changes": 1}
     assert outcome["sysctls"] == {"client": {"net.ipv4.tcp_syn_retries": 2}}
+
+
+def test_programs_output_goes_to_files_named_in_the_outcome(tmp_path: Path):
+    evidence = Evidence()
+    evidence.add_output(ProgramResult("client", "curl", ("curl", "-sS", "http://x/"), 28, None, b"", b"timed out\n",
+                                      0, 10, 10.0, 18.0))
+    evidence.add_output(ProgramResult("client", "curl", ("curl",), -9, "SIGKILL", b"x" * 5, b"", 7, 0, 20.0, 21.0))
+    evidence.add_output(ProgramResult("server", "nginx: master", ("nginx",), None, None, b"", b"", 0, 0, None, None))
+    bundle, outcome = write_bundle(tmp_path, _result(evidence))
+    jsonschema.validate(outcome, OUTCOME_SCHEMA)
+    first, second, running = outcome["programs"]
+    assert (first["status"], first["stdout"], first["stderr"], first["stderr_size"]) == (
+        "exited with status 28", None, "program-client-curl-1.stderr", 10)
+    assert (bundle / "program-client-curl-1.stderr").read_bytes() == b"timed out\n"
+    assert (second["stdout"], second["signal"], second["truncated"]) == ("program-client-curl-2.stdout", "SIGKILL",
+                                                                         ["stdout"])
+    assert (bundle / "program-client-curl-2.stdout").read_bytes() == b"xxxxx"
+    assert (running["status"], running["returncode"], running["stdout"]) == ("running", None, None)
+    assert not list(bundle.glob("program-server-*")), "nothing written for streams a program left empty"
 
 
 def test_pcaps_past_the_budget_are_truncated_counted_and_marked(tmp_path: Path):
