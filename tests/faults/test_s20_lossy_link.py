@@ -13,13 +13,13 @@ SCENARIO = {
     "id": "S20",
     "title": "Lossy link",
     "fault": "netem during a 16 MB transfer: 5 % loss (server ingress), 5 % duplication, 25 % reordering with "
-             "10 ms delay, 1 % corruption (client egress); the nft / NFQUEUE fallback where the kernel lacks "
+             "10 ms delay, 5 % corruption (client egress); the nft / NFQUEUE fallback where the kernel lacks "
              "sch_netem (corruption has none: skipped).",
     "linux": "TCP repairs everything below the application: lost and corrupted segments are retransmitted (SACK, "
              "RACK, RTO), duplicates are dropped and reported with D-SACK, reordered segments wait in the "
              "out-of-order queue.",
     "expect": "The transfer completes byte-exact (same SHA-256) with no error; the sender counts retransmissions "
-              "under loss, D-SACKs under duplication, the receiver out-of-order packets under reordering; "
+              "the receiver did not D-SACK (repairs) under loss and corruption, D-SACKs under duplication, the receiver out-of-order packets under reordering; "
               "throughput is reported against a clean run.",
     "lesson": "Packet loss costs throughput and latency, not correctness: do not add application checksums or "
               "retries for loss; do set timeouts, since heavy loss can stall a transfer for backed-off RTOs.",
@@ -28,14 +28,15 @@ SCENARIO = {
 PORT = 6666
 SIZE = 16 << 20
 NO_METRICS = "net.ipv4.tcp_no_metrics_save"
-# netem parameters, where and how the fault applies, and which tcp_info counter must show its effect.
+# netem parameters, where and how the fault applies, and which tcp_info counter must show its effect
+# ("repaired": total_retrans less dsack_dups, the retransmissions the receiver did not report as duplicates).
 # The loss takes packets on arrival at the server, the others act on the client's way out. Segments travel
 # as GSO packets of up to 64 KB (about 260 for 16 MB): a 5 % loss misses all of them with probability 2e-6.
 VARIANTS = {
-    "loss": ("server", "ingress", {"loss_pct": 5}, ("sender", "total_retrans")),
+    "loss": ("server", "ingress", {"loss_pct": 5}, ("sender", "repaired")),
     "duplicate": ("client", "egress", {"duplicate_pct": 5}, ("sender", "dsack_dups")),
     "reorder": ("client", "egress", {"delay_ms": 10, "reorder_pct": 25, "limit": 10000}, ("receiver", "rcv_ooopack")),
-    "corrupt": ("client", "egress", {"corrupt_pct": 1}, ("sender", "total_retrans")),
+    "corrupt": ("client", "egress", {"corrupt_pct": 5}, ("sender", "repaired")),
 }
 # struct tcp_info (include/uapi/linux/tcp.h): byte offsets of the counters read (u32 each, bytes_retrans u64).
 TCP_INFO = """
@@ -90,7 +91,9 @@ def _transfer(client, server, name: str, seed: int) -> dict[str, dict]:
                       check=True)
     received = server.wait(name, timeout=WAIT)
     assert received.returncode == 0, received
-    return {"sender": json.loads(sent.stdout), "receiver": json.loads(received.stdout)}
+    sender = json.loads(sent.stdout)
+    sender["repaired"] = sender["total_retrans"] - sender["dsack_dups"]
+    return {"sender": sender, "receiver": json.loads(received.stdout)}
 
 
 @pytest.mark.sysctls(client={NO_METRICS: 1}, server={NO_METRICS: 1})
@@ -126,7 +129,8 @@ def test_s20_bulk_transfer_over_a_lossy_link_completes_byte_exact(pair, variant,
     for run in (clean, impaired):
         assert run["receiver"]["bytes"] == SIZE and run["receiver"]["sha256"] == run["sender"]["sha256"], (
             f"the receiver got other bytes than were sent: {run}")
-    # A clean run may retransmit a segment or two too (a tail loss probe): the impaired run must show more.
+    # A clean run may retransmit a segment or two too (a tail loss probe; under emulation, RTOs that a stalled
+    # machine fired early): the impaired run must show more.
     assert impaired[side][counter] > clean[side][counter], (
         f"the {side}'s tcp_info {counter} shows the {variant}: {impaired[side][counter]} against "
         f"{clean[side][counter]} in the clean run\n{impaired}\n{clean}")
