@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .errors import ResultsError
 from .evidence import Evidence
 from .manifest import host_facts, run_manifest, runtime_facts, timestamp
+from .report_html import write_html_report
 from .results import MANIFEST, CompletedTest, point_latest, write_bundle, write_json
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class ResultsRecorder:
         self.hosts: dict[tuple[str, str], dict[str, Any]] = {}
         self.tests: list[dict[str, str]] = []
         self.workers: list[str] = []
+        self.report: str | None = None
         if self.controller and (self.run_dir / MANIFEST).exists():
             raise pytest.UsageError(
                 f"netfault: {self.run_dir} already holds a finished run (it has {MANIFEST}): give another "
@@ -135,6 +138,15 @@ class ResultsRecorder:
             return
         write_json(self.run_dir / MANIFEST, self.manifest(int(exitstatus)))
         point_latest(self.results, self.run_id)
+        try:
+            self.report = f"report: {write_html_report(self.run_dir)}"
+        except ResultsError as exc:  # an interrupted run's half-written bundle: said in the summary
+            self.report = f"no report: {exc}; `netfault report {self.run_dir}` once the cause is fixed"
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Where the run's results and report are."""
+        if self.report is not None:
+            terminalreporter.write_line(f"netfault results: {self.run_dir} ({self.report})")
 
     def manifest(self, exitstatus: int) -> dict[str, Any]:
         """The run's manifest, once every test has run."""

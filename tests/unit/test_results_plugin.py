@@ -63,6 +63,18 @@ def test_a_run_writes_its_manifest_and_a_bundle_for_each_test_using_pair(tmp_pat
     jsonschema.validate(outcome, OUTCOME_SCHEMA)
     assert outcome["outcome"] == "skipped" and "Docker engine not reachable" in outcome["longrepr"]["summary"]
     assert list(load_run(run_dir).bundles) == ["test_inner.py::test_with_hosts"]
+    assert (run_dir / "report.html").is_file() and "test_with_hosts" in (run_dir / "report.html").read_text()
+    assert f"netfault results: {run_dir} (report: {run_dir / 'report.html'})" in out.stdout, out.stdout
+
+
+def test_a_run_whose_report_cannot_be_written_says_why(tmp_path: Path):
+    (tmp_path / "test_half.py").write_text(
+        "from pathlib import Path\n\ndef test_leaves_a_half_written_bundle():\n"
+        "    Path('out/run-2/tests/half').mkdir(parents=True)\n")
+    out = _session(tmp_path, "--netfault-results", "out", "test_half.py", **{RUN_ID_ENV: "run-2"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"netfault results: {tmp_path / 'out' / 'run-2'} (no report: " in out.stdout, out.stdout
+    assert "half" in out.stdout and f"`netfault report {tmp_path / 'out' / 'run-2'}`" in out.stdout, out.stdout
 
 
 def test_the_environment_names_the_results_directory_and_xdist_workers_share_one_manifest(tmp_path: Path):
