@@ -3,6 +3,7 @@
     expect_errno(rec, "ETIMEDOUT", between=(6.9, 7.3))
     expect_schedule(flow.syn_schedule(), syn_timeouts(2), "SYN")
     expect_held(history, "FIN_WAIT1", at_least=2.0)
+    expect_left(history, "ESTABLISHED", when=rec)
     expect_no_packet(flow, after=heal_time, kinds=["retransmission"])
 
 Each raises AssertionError naming what was expected and what came, followed by the test's timeline (faults,
@@ -125,3 +126,17 @@ def expect_held(history: StateHistory, state: str, *, at_least: float | None = N
     if problems:
         raise AssertionError("; ".join(problems) + _context(None, None, f"states:\n{history.table()}"))
     return span.duration
+
+
+def expect_left(history: StateHistory, state: str, *, when: SyscallRecord, **where: Any) -> None:
+    """The first span of a socket (matching `where`) in `state` ended as `when` (the syscall that reported the
+    change) returned: the change came between the span's last sample and the next one (`Span.left_after`,
+    `left_by`), and the call returned after it, woken within SOFTIRQ_AND_WAKEUP."""
+    span = history.first(state, **where)
+    if span is None or span.left_by is None:
+        raise AssertionError(f"no socket {'was seen in' if span is None else 'left'} {state}"
+                             + _context(None, None, f"states:\n{history.table()}"))
+    if not span.left_after - CLOCK_ALIGNMENT <= when.t1 <= span.left_by + SOFTIRQ_AND_WAKEUP:
+        raise AssertionError(
+            f"{state} ended between {span.left_after:.4f} and {span.left_by:.4f}, but {when} returned at "
+            f"{when.t1:.4f}" + _context(None, None, f"states:\n{history.table()}"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness import evidence
-from harness.expect import expect_errno, expect_held, expect_no_packet, expect_schedule, schedule_bounds
+from harness.expect import (SOFTIRQ_AND_WAKEUP, expect_errno, expect_held, expect_left, expect_no_packet,
+                            expect_schedule, schedule_bounds)
 from harness.flows import Times, tcp_flow
 from harness.kernel import retries_budget, syn_timeouts, wheel_slack
 from harness.records import SyscallRecord
@@ -81,7 +82,8 @@ def test_expect_no_packet_after_a_cut_off():
         expect_no_packet(flow, after=2.0, kinds=["syn-retransmission"])
 
 
-def test_expect_held_bounds():
+def _fin_wait1_for_2s() -> StateHistory:
+    """A socket sampled every 10 ms: in FIN_WAIT1 at t=1.0 (not at 0.99), gone at t=3.0 (there at 2.99)."""
     history = StateHistory("client")
     entry = {"proto": "tcp", "family": "inet", "src": "10.0.0.10", "sport": 40000, "dst": "10.0.0.20", "dport": 6666, "cookie": 1,
              "recv_q": 0, "send_q": 0, "timer": None, "tcp_info": None, "handle": "s1", "t_real": 0.0}
@@ -89,6 +91,11 @@ def test_expect_held_bounds():
                               {**entry, "t": 3.0, "t_end": 3.0, "prev_t": 2.99, "change": "gone", "state": "GONE"}],
                   "t_first": 0.99, "t_last": 3.5, "samples": 100, "missed": 0, "period_ms": 10.0, "error": None,
                   "interval_ms": {"p50": 10.0, "max": 10.0}})
+    return history
+
+
+def test_expect_held_bounds():
+    history = _fin_wait1_for_2s()
     assert expect_held(history, "FIN_WAIT1", at_least=1.9, at_most=2.1) == pytest.approx(2.0)
     with pytest.raises(AssertionError, match=r"FIN_WAIT1 held 2.0000 s \(between 1.9900 and 2.0100 s\), expected "
                                              r"at most 1.0000 s"):
@@ -99,3 +106,16 @@ def test_expect_held_bounds():
         expect_held(history, "FIN_WAIT1", at_least=2.015)
     with pytest.raises(AssertionError, match="no socket was seen in TIME_WAIT"):
         expect_held(history, "TIME_WAIT")
+
+
+def test_expect_left_takes_the_samples_around_the_change_and_the_wakeup():
+    history = _fin_wait1_for_2s()
+    expect_left(history, "FIN_WAIT1", when=record("ETIMEDOUT", 0.5, 2.995))
+    expect_left(history, "FIN_WAIT1", when=record("ETIMEDOUT", 0.5, 3.0 + SOFTIRQ_AND_WAKEUP))
+    with pytest.raises(AssertionError, match=r"FIN_WAIT1 ended between 2.9900 and 3.0000, but connect s1 .* "
+                                             r"returned at 2.9000"):
+        expect_left(history, "FIN_WAIT1", when=record("ETIMEDOUT", 0.5, 2.9))
+    with pytest.raises(AssertionError, match=r"ended between 2.9900 and 3.0000, but .* returned at 3\.\d{4}"):
+        expect_left(history, "FIN_WAIT1", when=record("ETIMEDOUT", 0.5, 3.01 + SOFTIRQ_AND_WAKEUP + 0.05))
+    with pytest.raises(AssertionError, match="no socket was seen in TIME_WAIT"):
+        expect_left(history, "TIME_WAIT", when=record(None, 0.5, 3.0))
