@@ -71,14 +71,20 @@ class Capture:
         """Return once tcpdump listens; otherwise stop it and raise with its stderr.
 
         Its exit is watched directly: the end of its stderr can come later than the exit (seen while many
-        processes were being started on the machine)."""
+        processes were being started on the machine), and the exit later than the end of its stderr (a loaded
+        machine)."""
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.05) and self.popen.poll() is None and time.monotonic() < deadline:
             pass
         if any("listening on" in line for line in self._stderr):
             return
-        if self.popen.poll() is not None:
+        if self.popen.poll() is not None or not self._reader.is_alive():
+            # It exited, or closed its stderr on the way out: give the other event time to follow.
             self._reader.join(STDERR_GRACE)
+            try:
+                self.popen.wait(STDERR_GRACE)
+            except subprocess.TimeoutExpired:
+                pass  # still running without listening: the timeout error below says so
         if self.popen.poll() is None:
             self.kill()
             raise OSError(errno.ETIMEDOUT, f"tcpdump did not say 'listening on' within {timeout:.0f} s "
