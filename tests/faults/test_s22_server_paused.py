@@ -102,11 +102,14 @@ def test_s22_paused_server_still_acks_and_buffers_and_drains_on_resume(pair, how
         wait_acked(client, port=PORT)
     flow = tcp_flow(wire, port=PORT)
     evidence = f"\n{fill}\n{sent}\n{states.table()}"
-    zero_window = flow.of(Kind.ZERO_WINDOW, from_client=False)
-    probes = flow.of(Kind.ZERO_WINDOW_PROBE, from_client=True)
-    answers = flow.of(Kind.ZERO_WINDOW_PROBE_ACK, from_client=False)
+    # During the pause. The drain after the resume may close the window again for a moment (a reader slower
+    # than the sender: seen in the 6.12 and 7.3 guests): those zero windows are not the pause's.
+    paused = fault.healed_at
+    zero_window = [s for s in flow.of(Kind.ZERO_WINDOW, from_client=False) if s.t < paused]
+    probes = [s for s in flow.of(Kind.ZERO_WINDOW_PROBE, from_client=True) if s.t < paused]
+    answers = [s for s in flow.of(Kind.ZERO_WINDOW_PROBE_ACK, from_client=False) if s.t < paused]
     print(f"S22 {how}: {fill.total} bytes queued before EAGAIN, {len(probes)} zero-window probes every "
-          f"{[round(i, 3) for i in flow.times(Kind.ZERO_WINDOW_PROBE).intervals]} s, drained {len(received)} bytes")
+          f"{[round(i, 3) for i in Times(tuple(p.t for p in probes)).intervals]} s, drained {len(received)} bytes")
 
     # No error: the sends that fit succeed, then EAGAIN; the blocking send waits out the pause and completes.
     assert fill.stopped == "errno" and fill[-1].errname == "EAGAIN" and all(r.ok for r in fill[:-1]), fill
