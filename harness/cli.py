@@ -24,7 +24,7 @@ from .errors import EngineUnavailable, NetfaultError, ResultsError
 from .images import BASE_MODES, REPO_ROOT, build_scratch_image, compile_static, ensure_peer_image
 from .reaper import reap, reap_namespaces
 from .report import write_report
-from .report_html import write_html_report
+from .report_html import REPORT_HTML, write_html_report
 from .results import point_latest
 from .results_reader import load_run
 from .runinfo import RUN_ID_ENV, new_run_id
@@ -174,7 +174,8 @@ def catalogue(args: argparse.Namespace) -> int:
     if not (run_dir / "junit.xml").exists():
         raise NetfaultError(f"pytest (exit status {returncode}) wrote no {run_dir / 'junit.xml'}: see its output above")
     report = write_report(run_dir, run_id, returncode)
-    html = write_html_report(run_dir)
+    written = run_dir / REPORT_HTML  # by the results plugin as pytest ended
+    html = written if written.exists() else write_html_report(run_dir)
     point_latest(results, run_id)
     _progress(f"report: {report}, {html}")
     return returncode

@@ -162,7 +162,8 @@ class Endpoint:
         Entries of sockets this endpoint holds carry their `handle`.
         """
         def entries(result: dict[str, Any]) -> list[dict[str, Any]]:
-            return [{**entry, "t": result["t"], "t_end": result["t_end"], "t_real": result["t_real"]} for entry in result["sockets"]]
+            times = {name: result[name] for name in ("t", "t_end", "t_real")}
+            return [{**entry, **times} for entry in result["sockets"]]
         return self._request("sockets", entries, background, proto=proto, port=port, sport=sport, dport=dport,
                              states=None if states is None else list(states))
 

@@ -3,7 +3,8 @@ programs' launches and exits.
 
 The pytest plugin opens a collection around each test (`collecting()`); the places that produce evidence add
 to the open one (an Endpoint's syscall results, a Fault's apply, a capture's end, a sampler's stop, a program's
-launch or end, with its output). Outside a collection nothing is kept. The timeline (harness.timeline) is built from it.
+launch or end, with its output). Outside a collection nothing is kept. The timeline (harness.timeline) is
+built from it.
 """
 
 from __future__ import annotations

@@ -463,13 +463,15 @@ def _docker_build(client: docker.DockerClient, files: Mapping[str, bytes], tag: 
 
 
 @contextmanager
-def _build_lock(logs: Path, say: Progress) -> Iterator[None]:
-    """Serialize builds on this machine (e.g. pytest-xdist workers all calling ensure_peer_image)."""
-    with (logs / "build.lock").open("w") as lock:
+def exclusive_lock(path: Path, say: Progress, waiting: str) -> Iterator[None]:
+    """An exclusive flock on ``path`` (parents made): other netfault processes and threads wait, saying
+    "waiting for another netfault <waiting>" when they have to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for another netfault build to finish (lock {lock.name})")
+            say(f"waiting for another netfault {waiting} (lock {path})")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -494,7 +496,7 @@ def ensure_peer_image(client: docker.DockerClient, *, base: str = "auto", force:
     say = _Reporter(progress)
     logs = build_log_dir()
     logs.mkdir(parents=True, exist_ok=True)
-    with _build_lock(logs, say):
+    with exclusive_lock(logs / "build.lock", say, "build to finish"):
         base_ref, base_image = _resolve_base(client, base, force, say, logs)
         files = context_files()
         content = peer_content_hash(base_image.id, files)

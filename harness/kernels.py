@@ -7,7 +7,6 @@ directory in the cache: the machine's own apt sources and lists are never read o
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
@@ -18,13 +17,12 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import NetfaultError
-from .images import _run_step, find_mirror
+from .images import _run_step, exclusive_lock, find_mirror
 
 Progress = Callable[[str], None]
 
@@ -290,19 +288,6 @@ class PrivateApt:
         return found
 
 
-@contextmanager
-def _locked(path: Path, say: Progress, what: str) -> Iterator[None]:
-    """An exclusive flock on ``path``: other netfault processes and threads wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another netfault run {what} (lock {path})")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _update_index(root: Path, say: Progress, old: dict | None) -> dict:
     """apt-get update of the private lists, then the kernels they list; ``old`` is kept if the update fails."""
     apt = PrivateApt(root / "apt")
@@ -329,7 +314,7 @@ def _update_index(root: Path, say: Progress, old: dict | None) -> dict:
 def load_index(root: Path, say: Progress, refresh: bool = False) -> dict[str, Candidate]:
     """The kernels the mirror has, from the private lists, updated when they are older than UPDATE_EVERY."""
     index = root / "index.json"
-    with _locked(root / "apt.lock", say, "updating the kernel package lists"):
+    with exclusive_lock(root / "apt.lock", say, "run updating the kernel package lists"):
         data = json.loads(index.read_text()) if index.exists() else None
         if data is not None and data.get("format") != INDEX_FORMAT:
             data = None
@@ -441,7 +426,7 @@ def resolve(spec: str, *, cache: Path | None = None, progress: Progress = lambda
     found = load_index(root, progress, refresh)
     candidate = select(spec, found, f"the lists of {', '.join(s for _, s in SUITES)} ({root / 'apt'})")
     target = root / candidate.release
-    with _locked(root / f"{candidate.release}.lock", progress, f"fetching {candidate.release}"):
+    with exclusive_lock(root / f"{candidate.release}.lock", progress, f"run fetching {candidate.release}"):
         if (target / "kernel.json").exists():
             return _load_kernel(target)
         started = time.monotonic()

@@ -64,38 +64,36 @@ _PROGRAM = _object({"host": _STRING, "name": _STRING, "argv": {"type": "array", 
                     "t0": _NULLABLE_NUMBER, "t1": _NULLABLE_NUMBER,
                     "truncated": {"type": "array", "items": {"enum": ["stdout", "stderr"]}},
                     "stdout": _STREAM_FILE, "stdout_size": _COUNT, "stderr": _STREAM_FILE, "stderr_size": _COUNT})
-# Bundles written before programs' output was kept have no "programs".
-_OUTCOME_REQUIRED = ["format", "nodeid", "run_id", "worker", "outcome", "duration", "phases", "longrepr", "sysctls",
-                     "properties", "faults", "counts", "timeline", "pcaps", "pcap_budget", "pcaps_truncated",
-                     "sockets", "agent_logs"]
+_OUTCOME_PROPERTIES: dict[str, Any] = {
+    "format": {"const": FORMAT},
+    "nodeid": _STRING,
+    "run_id": _STRING,
+    "worker": _STRING,
+    "outcome": {"enum": ["passed", "failed", "skipped", "error", "xfailed", "xpassed"]},
+    "duration": {"type": "number", "minimum": 0},
+    "phases": _object({"setup": _PHASE, "call": _PHASE, "teardown": _PHASE}, required=["setup", "teardown"]),
+    "longrepr": {"oneOf": [{"type": "null"}, _object({"phase": {"enum": ["setup", "call", "teardown"]},
+                                                      "summary": _STRING})]},
+    "sysctls": {"type": "object", "additionalProperties": _SYSCTLS},
+    "properties": {"type": "object"},
+    "faults": {"type": "array", "items": _FAULT},
+    "counts": _object({"syscalls": _COUNT, "packets": _COUNT, "state_changes": _COUNT}),
+    "timeline": {"const": "timeline.json"},
+    "pcaps": {"type": "array", "items": _PCAP},
+    "pcap_budget": _COUNT,
+    "pcaps_truncated": _COUNT,
+    "sockets": {"type": "array", "items": _object({
+        "file": {"type": "string", "pattern": r"^sockets-[A-Za-z0-9_.-]+-[0-9]+\.json$"}, "host": _STRING,
+        "entries": _COUNT})},
+    "agent_logs": {"type": "object", "additionalProperties": {"type": "string", "pattern": r"^agent-.+\.log$"}},
+    "programs": {"type": "array", "items": _PROGRAM},
+}
 
 OUTCOME_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "netfault test outcome (one evidence bundle)",
-    **_object({
-        "format": {"const": FORMAT},
-        "nodeid": _STRING,
-        "run_id": _STRING,
-        "worker": _STRING,
-        "outcome": {"enum": ["passed", "failed", "skipped", "error", "xfailed", "xpassed"]},
-        "duration": {"type": "number", "minimum": 0},
-        "phases": _object({"setup": _PHASE, "call": _PHASE, "teardown": _PHASE}, required=["setup", "teardown"]),
-        "longrepr": {"oneOf": [{"type": "null"}, _object({"phase": {"enum": ["setup", "call", "teardown"]},
-                                                          "summary": _STRING})]},
-        "sysctls": {"type": "object", "additionalProperties": _SYSCTLS},
-        "properties": {"type": "object"},
-        "faults": {"type": "array", "items": _FAULT},
-        "counts": _object({"syscalls": _COUNT, "packets": _COUNT, "state_changes": _COUNT}),
-        "timeline": {"const": "timeline.json"},
-        "pcaps": {"type": "array", "items": _PCAP},
-        "pcap_budget": _COUNT,
-        "pcaps_truncated": _COUNT,
-        "sockets": {"type": "array", "items": _object({
-            "file": {"type": "string", "pattern": r"^sockets-[A-Za-z0-9_.-]+-[0-9]+\.json$"}, "host": _STRING,
-            "entries": _COUNT})},
-        "agent_logs": {"type": "object", "additionalProperties": {"type": "string", "pattern": r"^agent-.+\.log$"}},
-        "programs": {"type": "array", "items": _PROGRAM},
-    }, required=_OUTCOME_REQUIRED),
+    # Bundles written before programs' output was kept have no "programs".
+    **_object(_OUTCOME_PROPERTIES, required=[name for name in _OUTCOME_PROPERTIES if name != "programs"]),
 }
 
 TIMELINE_SCHEMA: dict[str, Any] = {
